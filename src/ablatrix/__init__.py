@@ -1,0 +1,6 @@
+"""ablatrix: declarative ablation grids for small neural networks."""
+from .data import register_dataset
+from .models import create_model, register_model
+
+__version__ = "0.1.0"
+__all__ = ["__version__", "create_model", "register_dataset", "register_model"]

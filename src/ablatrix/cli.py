@@ -1,0 +1,92 @@
+"""`ablatrix list|run|report GRID...`: parse arguments, load grids, hand over to the modules."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from tabulate import tabulate
+
+from .errors import AblatrixError
+from .executors import EXECUTORS, resolve_device, run_grids
+from .report import axis_value, write_report
+from .spec import Grid, load_grid
+from .store import ResultStore
+
+
+def _grids(args: argparse.Namespace) -> list[Grid]:
+    grids = [load_grid(path, getattr(args, "set", None) or ()) for path in args.grids]
+    names = [g.name for g in grids]
+    if len(set(names)) != len(names):
+        raise AblatrixError(f"two grid files share the name {max(names, key=names.count)!r}; "
+                            "their results would mix")
+    return grids
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    for grid in _grids(args):
+        store = ResultStore(args.results, grid.name)
+        rows = []
+        for cell in grid.cells:
+            record = store.get(cell.run_id)
+            rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
+                         *(axis_value(v) for v in cell.axes.values()), f"{cell.params:,}",
+                         record["status"] if record else "pending"])
+        print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells")
+        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes,
+                                      "params", "status"], tablefmt="simple"))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    grids = _grids(args)
+    device = resolve_device(args.device)
+    summary = run_grids(grids, args.results, device, args.executor)
+    print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}; "
+          f"records in {args.results}")
+    return 1 if summary.failed else 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    for grid in _grids(args):
+        print(f"wrote {write_report(grid, args.results)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ablatrix", description=__doc__)
+    verbs = parser.add_subparsers(dest="verb", required=True)
+    for name, func, text in (("list", cmd_list, "show every cell of the grids; trains nothing"),
+                             ("run", cmd_run, "train every cell that has no finished record"),
+                             ("report", cmd_report, "rewrite tables and REPORT.md from stored runs")):
+        verb = verbs.add_parser(name, help=text, description=text)
+        verb.set_defaults(func=func)
+        verb.add_argument("grids", nargs="+", type=Path, metavar="GRID", help="grid file (TOML)")
+        verb.add_argument("--results", type=Path, default=Path("results"),
+                          help="results folder (default: results)")
+        if name in ("list", "run"):
+            verb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                              help="override a grid field, e.g. train.epochs=1 (repeatable)")
+        if name == "run":
+            verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+            verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
+                              help="how cells are run (default: local)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except AblatrixError as exc:
+        print(f"ablatrix: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ablatrix: interrupted; every finished run is saved, `ablatrix run` resumes",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,299 @@
+"""Grid files: TOML -> validated cells, before anything trains.
+
+A grid names datasets, seeds, base `train` and `model` tables, `axes` whose cartesian product is
+taken, named `variants` merged over the base and crossed with the axes, and `exclude` rules.
+Every error names the file, the field, the bad value and what is allowed.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import itertools
+import json
+import re
+import sys
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from .config import ModelConfig, RunConfig, TrainConfig
+from .data import DATASETS
+from .errors import AblatrixError
+from .models import check_model, create_model, resolve_params
+from .train import OPTIMIZERS
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+GRID_KEYS = ("name", "description", "datasets", "seeds", "plugins", "train", "model", "axes",
+             "variants", "exclude")
+VARIANT_KEYS = ("description", "model", "train")
+DEFAULT_MODEL = "convnet"
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One run of a grid: a variant, one value per axis, a dataset and a seed."""
+
+    grid: str
+    variant: str
+    axes: dict[str, Any]
+    config: RunConfig
+    params: int
+
+    @property
+    def run_id(self) -> str:
+        return self.config.run_id
+
+    def label(self) -> str:
+        settings = " ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in self.axes.items())
+        return f"{self.variant} {settings} {self.config.dataset} seed={self.config.seed}".replace("  ", " ")
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    path: Path
+    description: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    axes: dict[str, list[Any]]
+    variants: tuple[str, ...]
+    cells: tuple[Cell, ...]
+
+
+def _fail(where: str, message: str) -> typing.NoReturn:
+    raise AblatrixError(f"{where}: {message}")
+
+
+def _type_ok(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)
+
+
+def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
+    """`cls(**data)` with unknown keys, wrong types and disallowed values reported by name."""
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)
+    for key in data:
+        if key not in known:
+            _fail(where, f"unknown field {prefix}{key}; allowed: {', '.join(known)}")
+    values = {}
+    for key, value in data.items():
+        expected, spec = hints[key], known[key].metadata
+        if not _type_ok(value, expected):
+            _fail(where, f"{prefix}{key} = {value!r} is not allowed; expected {expected.__name__}")
+        if "check" in spec and not spec["check"](value):
+            _fail(where, f"{prefix}{key} = {value!r} is not allowed; expected {spec['allowed']}")
+        values[key] = float(value) if expected is float else value
+    return cls(**values)
+
+
+def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'dropout': [..]}} -> {'model.dropout': [..]}."""
+    flat = {}
+    for key, value in table.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _set_path(doc: dict[str, Any], path: str, value: Any, where: str) -> None:
+    *parents, leaf = path.split(".")
+    node = doc
+    for part in parents:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            _fail(where, f"{path}: {part} is not a table")
+    node[leaf] = value
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """'train.epochs=1' -> ('train.epochs', 1); a value that is not TOML is taken as a string."""
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or not all(NAME_PATTERN.fullmatch(p) for p in key.split(".")):
+        raise AblatrixError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
+    try:
+        return key, tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, raw.strip()
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise AblatrixError(f"{path}: cannot read grid file: {exc.strerror}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise AblatrixError(f"{path}: malformed TOML: {exc}") from None
+
+
+def _load_plugins(plugins: Any, path: Path) -> None:
+    """Import modules (dotted names, or .py files relative to the grid) that register models/datasets."""
+    if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
+        _fail(str(path), f"plugins = {plugins!r} is not allowed; expected a list of module names or .py paths")
+    for plugin in plugins:
+        try:
+            if plugin.endswith(".py"):
+                file = (path.parent / plugin).resolve()
+                name = f"ablatrix_plugin_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
+                if name not in sys.modules:
+                    module_spec = importlib.util.spec_from_file_location(name, file)
+                    module = importlib.util.module_from_spec(module_spec)
+                    sys.modules[name] = module
+                    try:
+                        module_spec.loader.exec_module(module)
+                    except BaseException:
+                        del sys.modules[name]
+                        raise
+            else:
+                importlib.import_module(plugin)
+        except Exception as exc:
+            _fail(str(path), f"plugins: cannot import {plugin!r}: {type(exc).__name__}: {exc}")
+
+
+def _list_of(where: str, key: str, value: Any, kind: type, allowed: str) -> list:
+    if not (isinstance(value, list) and value and all(_type_ok(v, kind) for v in value)):
+        _fail(where, f"{key} = {value!r} is not allowed; expected {allowed}")
+    if len({json.dumps(v) for v in value}) != len(value):
+        _fail(where, f"{key} = {value!r} repeats a value")
+    return value
+
+
+def _table(where: str, key: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        _fail(where, f"{key} = {value!r} is not allowed; expected a table")
+    return value
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in over.items():
+        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
+            merged.get(key), dict) else value
+    return merged
+
+
+def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
+    """Read, override, validate and expand one grid file; raise AblatrixError on any bad input."""
+    path = Path(path)
+    where = str(path)
+    doc = _read(path)
+    parsed = [parse_override(item) for item in overrides]
+    for key, value in parsed:
+        _set_path(doc, key, value, f"{where} (--set)")
+
+    for key in doc:
+        if key not in GRID_KEYS:
+            _fail(where, f"unknown field {key}; allowed: {', '.join(GRID_KEYS)}")
+    name = doc.get("name", path.stem)
+    if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
+        _fail(where, f"name = {name!r} is not allowed; expected letters, digits, '_', '-', '.'")
+    description = doc.get("description", "")
+    if not isinstance(description, str):
+        _fail(where, f"description = {description!r} is not allowed; expected a string")
+    _load_plugins(doc.get("plugins", []), path)
+    datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
+    for dataset in datasets:
+        if dataset not in DATASETS:
+            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}")
+    seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
+    if min(seeds) < 0:
+        _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
+    base = {"train": _table(where, "train", doc.get("train", {})),
+            "model": _table(where, "model", doc.get("model", {}))}
+
+    axes = _flatten(_table(where, "axes", doc.get("axes", {})), "")
+    for axis, values in axes.items():
+        if axis.split(".")[0] not in ("model", "train") or "." not in axis:
+            _fail(where, f"axes.{axis}: an axis varies a model.* or train.* field")
+        _list_of(where, f"axes.{axis}", values, object, "a non-empty list of values")
+
+    variants = _table(where, "variants", doc.get("variants", {"base": {}}))
+    if not variants:
+        _fail(where, "variants is empty; leave it out for a single base variant")
+    for vname, table in variants.items():
+        for key in _table(where, f"variants.{vname}", table):
+            if key not in VARIANT_KEYS:
+                _fail(where, f"variants.{vname}: unknown field {key}; allowed: {', '.join(VARIANT_KEYS)}")
+    for key, _ in parsed:
+        if key in axes:
+            _fail(where, f"--set {key} would be overridden by axes.{key}; set axes.{key} instead")
+        for vname, table in variants.items():
+            if key in _flatten(table):
+                _fail(where, f"--set {key} would be overridden by variant {vname!r}; "
+                             f"set variants.{vname}.{key} instead")
+
+    exclude = doc.get("exclude", [])
+    if not (isinstance(exclude, list) and all(isinstance(rule, dict) for rule in exclude)):
+        _fail(where, "exclude: expected [[exclude]] tables")
+    rules = [_flatten(rule) for rule in exclude]
+    for i, rule in enumerate(rules):
+        for key in rule:
+            if key not in ("variant", "dataset", "seed", *axes):
+                _fail(where, f"exclude[{i}]: {key} is neither variant, dataset, seed nor an axis")
+
+    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    resolved = {}
+    for vname, table in variants.items():
+        for i, combo in enumerate(combos):
+            context = f"{where}: variant {vname!r}" + "".join(
+                f", {k}={json.dumps(v)}" for k, v in combo.items())
+            doc_cell = _merge(base, {k: v for k, v in table.items() if k != "description"})
+            for axis, value in combo.items():
+                _set_path(doc_cell, axis, value, context)
+            train = build_dataclass(TrainConfig, doc_cell["train"], context, "train.")
+            if train.optimizer not in OPTIMIZERS:
+                _fail(context, f"train.optimizer = {train.optimizer!r}; choose from: "
+                               f"{', '.join(sorted(OPTIMIZERS))}")
+            model_doc = dict(doc_cell["model"])
+            model_name = model_doc.pop("name", DEFAULT_MODEL)
+            try:
+                model = ModelConfig(model_name, resolve_params(model_name, model_doc))
+            except AblatrixError as exc:
+                _fail(context, f"model: {exc}")
+            resolved[vname, i] = (context, train, model)
+
+    n_params: dict[tuple[str, str], int] = {}
+    cells: dict[str, Cell] = {}
+    used_rules = set()
+    for seed, dataset, (vname, i) in itertools.product(seeds, datasets, resolved):
+        context, train, model = resolved[vname, i]
+        facts = {"variant": vname, "dataset": dataset, "seed": seed, **combos[i]}
+        matched = [r for r, rule in enumerate(rules) if all(facts[k] == v for k, v in rule.items())]
+        if matched:
+            used_rules.update(matched)
+            continue
+        key = (json.dumps(model.params, sort_keys=True) + model.name, dataset)
+        if key not in n_params:
+            info = DATASETS[dataset]
+            try:
+                built = create_model(model.name, info.input_shape, len(info.classes), **model.params)
+                n_params[key] = check_model(built, info.input_shape, len(info.classes))
+            except AblatrixError as exc:
+                _fail(f"{context}, dataset {dataset!r}", f"model: {exc}")
+        cell = Cell(name, vname, combos[i], RunConfig(dataset, seed, model, train), n_params[key])
+        if cell.run_id in cells:
+            _fail(where, f"{cells[cell.run_id].label()!r} and {cell.label()!r} are the same run "
+                         "(identical resolved config); drop one or exclude it")
+        cells[cell.run_id] = cell
+    for r in range(len(rules)):
+        if r not in used_rules:
+            _fail(where, f"exclude[{r}] = {exclude[r]!r} matches no cell")
+    if not cells:
+        _fail(where, "every cell is excluded")
+    return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
+                tuple(cells.values()))

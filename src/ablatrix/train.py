@@ -1,0 +1,112 @@
+"""One training run: tensors already on the device, batches by permutation and slicing.
+
+Losses and correct counts accumulate on the device and are read once per epoch, so the loop
+never waits on the host between steps.
+"""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+
+from .config import RunConfig, TrainConfig
+from .data import Splits
+from .errors import AblatrixError
+from .models import create_model
+from .registry import Registry
+
+OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = \
+    Registry("optimizer")
+OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
+                                                         weight_decay=c.weight_decay))
+EVAL_BATCH = 2048
+
+
+class TrainingDiverged(AblatrixError):
+    """The training loss stopped being a finite number."""
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and predicted labels, in large batches without autograd."""
+    model.eval()
+    loss = torch.zeros((), device=x.device)
+    preds = []
+    with torch.inference_mode():
+        for start in range(0, len(x), EVAL_BATCH):
+            logits = model(x[start:start + EVAL_BATCH])
+            loss += nn.functional.cross_entropy(logits, y[start:start + EVAL_BATCH], reduction="sum")
+            preds.append(logits.argmax(1))
+    pred = torch.cat(preds)
+    return loss.item() / len(y), (pred == y).float().mean().item(), pred
+
+
+def classification_metrics(loss: float, accuracy: float, pred: torch.Tensor, y: torch.Tensor,
+                 num_classes: int) -> dict[str, Any]:
+    confusion = torch.bincount(y * num_classes + pred, minlength=num_classes ** 2)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    support = confusion.sum(1)
+    correct = confusion.diag()
+    return {"loss": loss, "accuracy": accuracy,
+            "per_class": [{"class": c, "correct": int(correct[c]), "support": int(support[c]),
+                           "accuracy": float(correct[c] / support[c]) if support[c] else None}
+                          for c in range(num_classes)],
+            "confusion": confusion.tolist()}
+
+
+def train_run(config: RunConfig, data: Splits, device: torch.device,
+              on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
+    """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
+    cfg = config.train
+    torch.manual_seed(config.seed)  # initialisation and dropout masks
+    batch_order = torch.Generator().manual_seed(config.seed)
+    model = create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
+                         **config.model.params).to(device)
+    optimizer = OPTIMIZERS.lookup(cfg.optimizer)(model.parameters(), cfg)
+    n = len(data.train_x)
+    # BatchNorm cannot normalise a batch of one sample: drop such a trailing batch.
+    n_used = n - 1 if n % cfg.batch_size == 1 else n
+
+    history: list[dict[str, float]] = []
+    best_loss, best_epoch, best_state = math.inf, 0, None
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.randperm(n, generator=batch_order).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for start in range(0, n_used, cfg.batch_size):
+            idx = order[start:min(start + cfg.batch_size, n_used)]
+            x, y = data.train_x[idx], data.train_y[idx]
+            logits = model(x)
+            loss = nn.functional.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == y).sum()
+        train_loss = loss_sum.item() / n_used
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
+        val_loss, val_acc, _ = evaluate(model, data.val_x, data.val_y)
+        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
+               "val_loss": val_loss, "val_accuracy": val_acc,
+               "seconds": time.perf_counter() - started}
+        history.append(row)
+        on_epoch(row)
+        if val_loss < best_loss:
+            best_loss, best_epoch = val_loss, epoch
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        elif cfg.patience and epoch - best_epoch >= cfg.patience:
+            break
+    if cfg.restore_best and best_state is not None:
+        model.load_state_dict(best_state)
+
+    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y)
+    return {"params": sum(p.numel() for p in model.parameters()),
+            "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),
+            "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)}
