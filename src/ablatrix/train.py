@@ -58,9 +58,10 @@ def classification_metrics(loss: float, accuracy: float, pred: torch.Tensor, y: 
             "confusion": confusion.tolist()}
 
 
-def train_run(config: RunConfig, data: Splits, device: torch.device,
-              on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
-    """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
+def fit(config: RunConfig, data: Splits, device: torch.device,
+        on_epoch: Callable[[dict[str, float]], None] = lambda row: None
+        ) -> tuple[nn.Module, list[dict[str, float]], int]:
+    """Train with early stopping on validation loss; return the model, its history and best epoch."""
     cfg = config.train
     torch.manual_seed(config.seed)  # initialisation and dropout masks
     batch_order = torch.Generator().manual_seed(config.seed)
@@ -105,7 +106,13 @@ def train_run(config: RunConfig, data: Splits, device: torch.device,
             break
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
+    return model, history, best_epoch
 
+
+def train_run(config: RunConfig, data: Splits, device: torch.device,
+              on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
+    """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
+    model, history, best_epoch = fit(config, data, device, on_epoch)
     test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y)
     return {"params": sum(p.numel() for p in model.parameters()),
             "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),

@@ -1,0 +1,99 @@
+"""The CLI end to end: list, run, report on a tiny grid; bad input is one line and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from ablatrix.cli import main
+
+from conftest import TINY_GRID
+
+
+def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
+    """list shows pending cells, run trains them, report writes tables, a second run trains nothing."""
+    grid, results = write_grid(), tmp_path / "out"
+    assert main(["list", str(grid), "--results", str(results)]) == 0
+    listing = capsys.readouterr().out
+    assert "tiny" in listing and listing.count("pending") == 4 and "params" in listing
+    assert not results.exists()
+
+    assert main(["run", str(grid), "--results", str(results), "--device", "cpu"]) == 0
+    assert "trained 4, failed 0, already done 0" in capsys.readouterr().out
+    assert len(list((results / "tiny" / "runs").glob("*.json"))) == 4
+
+    assert main(["run", str(grid), "--results", str(results)]) == 0
+    assert "trained 0, failed 0, already done 4" in capsys.readouterr().out
+
+    assert main(["report", str(grid), "--results", str(results)]) == 0
+    runs = pd.read_csv(results / "tiny" / "runs.csv")
+    assert set(runs["status"]) == {"done"} and runs["test_accuracy"].between(0, 1).all()
+    assert (results / "tiny" / "REPORT.md").exists()
+
+    assert main(["list", str(grid), "--results", str(results)]) == 0
+    assert capsys.readouterr().out.count(" done") == 4
+
+
+def test_set_override_trains_new_cells(write_grid, tmp_path, capsys):
+    """--set train.epochs=1 makes new run ids, so they train next to the old ones."""
+    grid, results = write_grid(), tmp_path
+    assert main(["run", str(grid), "--results", str(results), "--set", "seeds=[0]"]) == 0
+    assert main(["run", str(grid), "--results", str(results), "--set", "seeds=[0]",
+                 "--set", "train.epochs=1"]) == 0
+    assert "trained 2, failed 0, already done 0" in capsys.readouterr().out.splitlines()[-1]
+    epochs = sorted(json.loads(p.read_text())["epochs_trained"] for p in (results / "tiny" / "runs").glob("*.json"))
+    assert epochs == [1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("args, old, new, message", [
+    (["run"], '["digits"]', '["cifar100"]', "unknown dataset 'cifar100'; choose from:"),
+    (["run"], "[true, false]", "[true]\nmodel.dropout = [1.0]", "is not allowed; expected a number in [0, 1)"),
+    (["run"], "conv = [4]", "conv = [4, 4, 4, 4, 4]", "conv block 4: max pool"),
+    (["run"], 'name = "tiny"', "name = [", "malformed TOML"),
+    (["run", "--set", "train.batch_size=0"], "", "", "train.batch_size = 0 is not allowed"),
+    (["run", "--device", "tpu"], "", "", "--device 'tpu'"),
+    (["list"], "epochs = 2", "epochz = 2", "unknown field train.epochz"),
+    (["report"], "seeds = [0, 1]", "seeds = []", "seeds = [] is not allowed"),
+])
+def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, capsys, args, old, new, message):
+    """Bad input prints one `ablatrix: error:` line, exits 2, and creates nothing under --results."""
+    assert old in TINY_GRID
+    grid = write_grid(TINY_GRID.replace(old, new))
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "keep.txt").write_text("untouched")
+    code = main([args[0], str(grid), "--results", str(results), *args[1:]])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("ablatrix: error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert sorted(p.name for p in results.iterdir()) == ["keep.txt"]
+
+
+@pytest.mark.slow
+def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path):
+    """SIGINT to a real `ablatrix run` exits 130 with a message; every saved record is complete."""
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
+    runs_dir = tmp_path / "res" / "tiny" / "runs"
+    cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res")]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while not list(runs_dir.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted; every finished run is saved" in err
+    saved = {p.stem: json.loads(p.read_text()) for p in runs_dir.glob("*.json")}
+    assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved.values())
+    assert not list(runs_dir.glob(".*"))  # no temp files left behind
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}" in done.stdout

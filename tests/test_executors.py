@@ -1,0 +1,95 @@
+"""Executors: every cell trained once, interrupted grids resume, failures recorded not fatal."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ablatrix import executors
+from ablatrix.errors import AblatrixError
+from ablatrix.executors import pending, resolve_device, run_grids
+from ablatrix.spec import load_grid
+from ablatrix.store import ResultStore
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def counting_train(monkeypatch):
+    """Wrap train_run to count calls; `fail_on` maps a call number to the exception it raises."""
+    calls, fail_on = [], {}
+    real = executors.train_run
+
+    def train(config, data, device, on_epoch):
+        calls.append(config.run_id)
+        if len(calls) in fail_on:
+            raise fail_on[len(calls)]
+        return real(config, data, device, on_epoch)
+    monkeypatch.setattr(executors, "train_run", train)
+    return calls, fail_on
+
+
+def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, counting_train):
+    """Ctrl-C during the third cell keeps the two finished records; the next run trains the rest."""
+    calls, fail_on = counting_train
+    grid = load_grid(write_grid())
+    results = tmp_path / "results"
+    fail_on[3] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        run_grids([grid], results, CPU)
+    store = ResultStore(results, grid.name)
+    finished = store.records()
+    assert sorted(finished) == sorted(calls[:2])
+    assert all(r["status"] == "done" for r in finished.values())
+
+    fail_on.clear()
+    summary = run_grids([grid], results, CPU)
+    assert (summary.trained, summary.skipped) == (2, 2)
+    assert sorted(calls[3:]) == sorted(c.run_id for c in grid.cells if c.run_id not in finished)
+    assert calls[2] in calls[3:]  # the interrupted cell is trained again
+    assert all(store.get(k) == v for k, v in finished.items())  # untouched
+    assert run_grids([grid], results, CPU).trained == 0
+
+
+def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, counting_train):
+    """An exception in one cell gives a `failed` record with the reason; the rest train; a rerun retries it."""
+    calls, fail_on = counting_train
+    grid = load_grid(write_grid())
+    fail_on[1] = RuntimeError("CUDA out of memory (simulated)")
+    summary = run_grids([grid], tmp_path, CPU)
+    assert (summary.trained, summary.failed) == (3, 1)
+    record = ResultStore(tmp_path, grid.name).get(calls[0])
+    assert record["status"] == "failed"
+    assert record["error"] == "RuntimeError: CUDA out of memory (simulated)"
+    assert "Traceback" in record["traceback"]
+    assert [c.run_id for c, _ in pending([grid], tmp_path)] == [calls[0]]
+    assert run_grids([grid], tmp_path, CPU).trained == 1
+
+
+def test_record_describes_itself(write_grid, tmp_path):
+    """A finished record holds config, history, test metrics, params, device, versions, timing."""
+    grid = load_grid(write_grid(), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    run_grids([grid], tmp_path, CPU)
+    (record,) = ResultStore(tmp_path, grid.name).records().values()
+    cell = grid.cells[0]
+    assert record["config"] == cell.config.to_dict() and record["run_id"] == cell.run_id
+    assert record["params"] == cell.params and record["status"] == "done"
+    assert len(record["history"]) == record["epochs_trained"] == 2
+    assert len(record["test"]["per_class"]) == 10 and len(record["test"]["confusion"]) == 10
+    assert {"versions", "device", "code_revision", "wall_seconds", "started_at"} <= set(record)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("tpu", "expected cpu, cuda or cuda:N"),
+    ("banana", "expected cpu, cuda or cuda:N"),
+])
+def test_bad_device_is_rejected(name, message):
+    """Devices other than cpu/cuda are refused with the valid choices."""
+    with pytest.raises(AblatrixError, match=message):
+        resolve_device(name)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_gpu_is_a_clear_error():
+    """--device cuda on a CPU-only machine says so instead of failing inside torch."""
+    with pytest.raises(AblatrixError, match="CUDA is not available"):
+        resolve_device("cuda")

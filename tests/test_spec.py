@@ -1,0 +1,180 @@
+"""Grid files: expansion into cells, run identity, overrides, plugins, and every kind of bad input."""
+from __future__ import annotations
+
+import pytest
+
+from ablatrix.errors import AblatrixError
+from ablatrix.models import MODELS
+from ablatrix.spec import load_grid, parse_override
+
+from conftest import TINY_GRID
+
+GRID = """
+name = "g"
+datasets = ["digits"]
+seeds = [0, 1, 2]
+
+[train]
+epochs = 3
+
+[model]
+conv = [4]
+
+[axes]
+model.batchnorm = [true, false]
+model.dropout = [0.0, 0.2]
+
+[variants.small]
+
+[variants.wide]
+model.conv = [8]
+train.lr = 0.01
+
+[[exclude]]
+variant = "wide"
+model.dropout = 0.2
+"""
+
+
+def test_cells_are_variants_times_axes_times_seeds_minus_exclusions(write_grid):
+    """2 variants x 2 x 2 axis values x 3 seeds = 24 cells; the exclusion removes wide+dropout 0.2."""
+    grid = load_grid(write_grid(GRID))
+    assert len(grid.cells) == 24 - 2 * 3
+    assert not any(c.variant == "wide" and c.axes["model.dropout"] == 0.2 for c in grid.cells)
+    wide = [c for c in grid.cells if c.variant == "wide"]
+    assert {tuple(c.config.model.params["conv"]) for c in wide} == {(8,)}
+    assert {c.config.train.lr for c in wide} == {0.01}
+    assert [c.config.seed for c in grid.cells[:6]] == [0] * 6  # seed outermost: seed 0 completes first
+
+
+def test_run_ids_are_stable_and_ignore_spelled_out_defaults(write_grid):
+    """A run id is a hash of the resolved config: writing a default out changes nothing."""
+    implicit = load_grid(write_grid(TINY_GRID, "a.toml"))
+    explicit = load_grid(write_grid(TINY_GRID.replace("conv = [4]", "conv = [4]\nkernel = 3\npadding = 1"),
+                                    "b.toml"))
+    assert [c.run_id for c in implicit.cells] == [c.run_id for c in explicit.cells]
+    assert len({c.run_id for c in implicit.cells}) == len(implicit.cells)
+
+
+@pytest.mark.parametrize("override, changes", [
+    ("train.epochs=1", True),
+    ("train.epochs=2", False),  # the grid's own value
+    ("model.fc=[16]", True),
+    ("seeds=[0]", False),  # fewer cells, the remaining ids unchanged
+])
+def test_override_changes_exactly_the_ids_it_touches(write_grid, override, changes):
+    """--set edits the grid document; ids change only when the resolved config does."""
+    path = write_grid()
+    base = {c.label(): c.run_id for c in load_grid(path).cells}
+    new = {c.label(): c.run_id for c in load_grid(path, [override]).cells}
+    assert (any(base[label] != run_id for label, run_id in new.items())) is changes
+
+
+@pytest.mark.parametrize("item, expected", [
+    ("train.epochs=1", ("train.epochs", 1)),
+    ("train.lr=1e-2", ("train.lr", 0.01)),
+    ("train.optimizer=sgd", ("train.optimizer", "sgd")),
+    ("model.conv=[8, 16]", ("model.conv", [8, 16])),
+    ("model.batchnorm=false", ("model.batchnorm", False)),
+])
+def test_parse_override(item, expected):
+    """KEY=VALUE values parse as TOML, falling back to a bare string."""
+    assert parse_override(item) == expected
+
+
+def edit(old: str, new: str) -> str:
+    assert old in TINY_GRID
+    return TINY_GRID.replace(old, new)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("name = [", "malformed TOML"),
+    (edit('name = "tiny"', 'name = "tiny"\ncolour = "red"'), "unknown field colour; allowed: name, description"),
+    (edit("epochs = 2", "epoch = 2"), "unknown field train.epoch; allowed: optimizer, lr"),
+    (edit('["digits"]', '["imagenet"]'), "datasets: unknown dataset 'imagenet'; choose from: digits"),
+    (edit('["digits"]', "[]"), "datasets = [] is not allowed"),
+    (edit("[0, 1]", "[0, 0]"), "seeds = [0, 0] repeats a value"),
+    (edit("[0, 1]", "[-1]"), "seeds = [-1] is not allowed"),
+    (edit("epochs = 2", 'epochs = "2"'), "train.epochs = '2' is not allowed; expected int"),
+    (edit("epochs = 2", "epochs = 2\nlr = -0.1"), "train.lr = -0.1 is not allowed; expected a number > 0"),
+    (edit("epochs = 2", 'epochs = 2\noptimizer = "adagrad"'), "choose from: adam, adamw, sgd"),
+    (edit("model.batchnorm = [true, false]", "model.dropout = [0.0, 1.0]"),
+     "model.dropout=1.0, dataset 'digits': model: dropout (block 1) = 1.0 is not allowed"),
+    (edit("conv = [4]", "conv = [4, 4, 4, 4]"), "conv block 4: max pool (kernel 2, stride 2) shrinks"),
+    (edit("conv = [4]", "conv = [4]\nwidth = 3"), "model: model 'convnet' has no parameter 'width'"),
+    (edit("conv = [4]", 'name = "resnet"'), "unknown model 'resnet'; choose from: convnet"),
+    (edit("model.batchnorm = [true, false]", "dataset = [1]"), "axes.dataset: an axis varies a model.* or train.*"),
+    (edit("model.batchnorm = [true, false]", "model.batchnorm = []"), "axes.model.batchnorm = [] is not allowed"),
+    (TINY_GRID + "\n[variants.a]\nmodel.kernel = 3\n[variants.b]\n", "are the same run"),
+    (TINY_GRID + "\n[variants.a]\nloss = 1\n", "variants.a: unknown field loss"),
+    (TINY_GRID + '\n[[exclude]]\nvariant = "nope"\n', "exclude[0] = {'variant': 'nope'} matches no cell"),
+    (TINY_GRID + "\n[[exclude]]\nmodel.width = 3\n", "exclude[0]: model.width is neither"),
+    (TINY_GRID + '\n[[exclude]]\ndataset = "digits"\n', "every cell is excluded"),
+    (edit('name = "tiny"', 'name = "a/b"'), "name = 'a/b' is not allowed"),
+    (edit('name = "tiny"', 'plugins = ["no_such_module_xyz"]'), "plugins: cannot import 'no_such_module_xyz'"),
+])
+def test_bad_grid_is_one_clear_error_naming_the_file(write_grid, text, message):
+    """Each malformed grid fails with one line that names the file and the problem."""
+    path = write_grid(text)
+    with pytest.raises(AblatrixError) as err:
+        load_grid(path)
+    assert str(err.value).startswith(str(path))
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs", "expected KEY=VALUE"),
+    ("=3", "expected KEY=VALUE"),
+    ("train.epochs=0", "train.epochs = 0 is not allowed; expected an integer >= 1"),
+    ("model.batchnorm=true", "--set model.batchnorm would be overridden by axes.model.batchnorm"),
+    ("train.epochs.x=1", "train.epochs.x: epochs is not a table"),
+])
+def test_bad_override_is_rejected(write_grid, override, message):
+    """A malformed or ineffective --set is an error, never silently ignored."""
+    with pytest.raises(AblatrixError, match=message.replace(".", r"\.").replace("[", r"\[")):
+        load_grid(write_grid(), [override])
+
+
+def test_missing_grid_file(tmp_path):
+    """A grid path that does not exist is a clear error."""
+    with pytest.raises(AblatrixError, match="cannot read grid file"):
+        load_grid(tmp_path / "nope.toml")
+
+
+PLUGIN = """
+import torch
+from torch import nn
+from ablatrix import register_model
+
+
+@register_model("plugin-mlp")
+class PluginMLP(nn.Module):
+    def __init__(self, input_shape, num_classes, *, hidden: int = 16):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(torch.Size(input_shape).numel(), hidden),
+                                 nn.ReLU(), nn.Linear(hidden, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+"""
+
+
+def test_plugin_module_registers_a_model_whose_params_are_axes(write_grid, tmp_path):
+    """A grid can load a .py plugin that registers its own nn.Module and vary its parameters."""
+    (tmp_path / "my_models.py").write_text(PLUGIN)
+    grid = load_grid(write_grid("""
+        name = "plugged"
+        plugins = ["my_models.py"]
+        datasets = ["digits"]
+        seeds = [0]
+        [model]
+        name = "plugin-mlp"
+        [axes]
+        model.hidden = [8, 32]
+    """))
+    try:
+        assert [c.params for c in grid.cells] == [64 * 8 + 8 + 8 * 10 + 10, 64 * 32 + 32 + 32 * 10 + 10]
+        assert {c.config.model.name for c in grid.cells} == {"plugin-mlp"}
+    finally:
+        del MODELS["plugin-mlp"]

@@ -1,0 +1,88 @@
+"""The trainer: determinism, early stopping with best-weights restore, metrics, divergence."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from ablatrix.config import ModelConfig, RunConfig, TrainConfig
+from ablatrix.data import Splits, load_splits
+from ablatrix.models import resolve_params
+from ablatrix.train import TrainingDiverged, classification_metrics, evaluate, fit, train_run
+
+CPU = torch.device("cpu")
+
+
+def config(seed: int = 0, **train) -> RunConfig:
+    params = resolve_params("convnet", {"conv": [4], "fc": [16], "dropout": 0.1})
+    return RunConfig("digits", seed, ModelConfig("convnet", params), TrainConfig(**{"epochs": 3, **train}))
+
+
+@pytest.fixture(scope="module")
+def digits() -> Splits:
+    return load_splits("digits", 0.1, CPU)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_same_config_and_seed_give_the_same_numbers(digits, optimizer):
+    """Two trainings of one config on CPU agree exactly; another seed does not."""
+    first = train_run(config(optimizer=optimizer), digits, CPU)
+    again = train_run(config(optimizer=optimizer), digits, CPU)
+    other = train_run(config(seed=1, optimizer=optimizer), digits, CPU)
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
+    assert strip(first["history"]) == strip(again["history"])
+    assert first["test"] == again["test"]
+    assert strip(first["history"]) != strip(other["history"])
+
+
+def test_training_learns(digits):
+    """A few epochs on digits get far above the 10% chance level."""
+    result = train_run(config(epochs=8), digits, CPU)
+    assert result["test"]["accuracy"] > 0.8
+    assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(digits):
+    """With patience 2 training stops 2 epochs after the best val loss and ends with those weights."""
+    cfg = config(epochs=60, patience=2, lr=0.05)
+    model, history, best = fit(cfg, digits, CPU)
+    assert len(history) < 60 and len(history) - best == 2
+    assert min(history, key=lambda row: row["val_loss"])["epoch"] == best
+    val_loss, _, _ = evaluate(model, digits.val_x, digits.val_y)
+    assert val_loss == pytest.approx(history[best - 1]["val_loss"], rel=1e-6)
+    no_restore = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, restore_best=False))
+    model_last, last_history, _ = fit(no_restore, digits, CPU)
+    assert evaluate(model_last, digits.val_x, digits.val_y)[0] == pytest.approx(last_history[-1]["val_loss"])
+    assert last_history[-1]["val_loss"] > val_loss
+
+
+def test_patience_zero_trains_every_epoch(digits):
+    """patience = 0 disables early stopping."""
+    _, history, _ = fit(config(epochs=4, patience=0), digits, CPU)
+    assert [row["epoch"] for row in history] == [1, 2, 3, 4]
+
+
+def test_classification_metrics_by_hand():
+    """Per-class accuracy, support and the confusion matrix of a hand-made prediction."""
+    y = torch.tensor([0, 0, 0, 1, 1, 2])
+    pred = torch.tensor([0, 0, 1, 1, 2, 2])
+    m = classification_metrics(0.5, 4 / 6, pred, y, 4)
+    assert m["confusion"] == [[2, 1, 0, 0], [0, 1, 1, 0], [0, 0, 1, 0], [0, 0, 0, 0]]
+    assert [(c["correct"], c["support"]) for c in m["per_class"]] == [(2, 3), (1, 2), (1, 1), (0, 0)]
+    assert [c["accuracy"] for c in m["per_class"]] == [pytest.approx(2 / 3), 0.5, 1.0, None]
+
+
+def test_trailing_batch_of_one_does_not_break_batchnorm(digits):
+    """65 training samples with batch 64 leave a batch of one, which is dropped, not crashed on."""
+    small = dataclasses.replace(digits, train_x=digits.train_x[:65], train_y=digits.train_y[:65])
+    _, history, _ = fit(config(epochs=1, batch_size=64), small, CPU)
+    assert len(history) == 1
+
+
+def test_non_finite_loss_raises_training_diverged(digits):
+    """A NaN in the data makes the loss NaN, which stops the run with TrainingDiverged."""
+    broken = dataclasses.replace(digits, train_x=digits.train_x.clone())
+    broken.train_x[0, 0, 0, 0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1"):
+        fit(config(epochs=2, batch_size=2000), broken, CPU)
