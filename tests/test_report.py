@@ -1,27 +1,38 @@
-"""Reports: tidy CSV columns, per-class rows, mean ± std by hand, partial and failed grids."""
+"""Reports from fabricated run records: tables against hand-computed values, partial grids, figures."""
 from __future__ import annotations
+
+import math
 
 import pandas as pd
 import pytest
 
+from ablatrix.cli import main
 from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
+from conftest import TINY_GRID
+
+T_975_DF1 = 12.706205
+SUPPORT = 36
+
 
 def fabricate(cell, accuracy: float, status: str = "done") -> dict:
-    """A stored record as the runner writes it, with hand-chosen metrics."""
-    support = [36] * 10
-    correct = [round(accuracy * s) for s in support]
+    """A stored record as the runner writes it, with hand-chosen metrics (every class alike)."""
+    correct = round(accuracy * SUPPORT)
     record = {"run_id": cell.run_id, "status": status, "config": cell.config.to_dict(),
               "params": cell.params, "wall_seconds": 1.5, "device": "cpu", "device_name": "test cpu",
               "versions": {"torch": "2.x"}, "code_revision": "git:test"}
     if status == "failed":
         return {**record, "error": "TrainingDiverged: training loss became nan in epoch 3"}
-    return {**record, "epochs_trained": 4, "best_epoch": 3, "history": [],
-            "test": {"accuracy": accuracy, "loss": 1 - accuracy, "confusion": [],
-                     "per_class": [{"class": c, "correct": k, "support": s, "accuracy": k / s}
-                                   for c, (k, s) in enumerate(zip(correct, support))]}}
+    confusion = [[correct if j == i else SUPPORT - correct if j == (i + 1) % 10 else 0 for j in range(10)]
+                 for i in range(10)]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.3 * e,
+                "val_accuracy": 0.25 * e, "seconds": 0.1} for e in (1, 2, 3)]
+    return {**record, "epochs_trained": 3, "best_epoch": 2, "history": history,
+            "test": {"accuracy": correct / SUPPORT, "loss": 1 - accuracy, "confusion": confusion,
+                     "per_class": [{"class": c, "correct": correct, "support": SUPPORT,
+                                    "accuracy": correct / SUPPORT} for c in range(10)]}}
 
 
 @pytest.fixture
@@ -29,63 +40,140 @@ def grid(write_grid):
     return load_grid(write_grid())  # batchnorm true/false x seeds 0, 1
 
 
-def by_key(grid):
-    return {(c.axes["model.batchnorm"], c.config.seed): c for c in grid.cells}
+def store_runs(grid, results, accuracies: dict, statuses: dict = {}) -> dict:
+    """Write fabricated records for cells keyed (batchnorm, seed); return those cells."""
+    cells = {(c.axes["model.batchnorm"], c.config.seed): c for c in grid.cells}
+    store = ResultStore(results, grid.name)
+    for key, acc in accuracies.items():
+        store.put(fabricate(cells[key], acc, statuses.get(key, "done")))
+    return cells
 
 
-def test_tables_from_a_complete_grid(grid, tmp_path):
-    """runs.csv has the contract's columns; REPORT.md shows mean ± std computed by hand."""
-    cells = by_key(grid)
-    store = ResultStore(tmp_path, grid.name)
-    for key, acc in {(True, 0): 0.9, (True, 1): 0.8, (False, 0): 0.5, (False, 1): 0.5}.items():
-        store.put(fabricate(cells[key], acc))
-    write_report(grid, tmp_path)
+FULL = {(True, 0): 0.9, (True, 1): 0.8, (False, 0): 0.5, (False, 1): 0.5}  # all multiples of 1/36
 
+
+def test_tidy_csv_contract(grid, tmp_path):
+    """runs.csv and per_class.csv have the contract's columns and the stored numbers."""
+    cells = store_runs(grid, tmp_path, FULL)
+    write_report([grid], tmp_path)
     runs = pd.read_csv(tmp_path / "tiny" / "runs.csv")
     assert list(runs.columns) == ["run_id", "variant", "dataset", "seed", "model.batchnorm", "params",
                                   "epochs_trained", "best_epoch", "test_accuracy", "test_loss",
                                   "wall_seconds", "status"]
-    assert len(runs) == 4 and set(runs["status"]) == {"done"}
-    assert runs.set_index("run_id").loc[cells[True, 1].run_id, "test_accuracy"] == 0.8
-
+    assert runs.set_index("run_id").loc[cells[True, 1].run_id, "test_accuracy"] == pytest.approx(29 / 36)
     per_class = pd.read_csv(tmp_path / "tiny" / "per_class.csv")
-    assert list(per_class.columns[:4]) == ["run_id", "class_index", "class", "accuracy"]
-    assert "support" in per_class.columns and len(per_class) == 4 * 10
+    assert {"run_id", "class", "accuracy", "support"} <= set(per_class.columns) and len(per_class) == 40
     row = per_class[(per_class.run_id == cells[True, 0].run_id) & (per_class.class_index == 3)].iloc[0]
-    assert (row["correct"], row["support"]) == (32, 36)  # round(0.9 * 36)
+    assert (str(row["class"]), row["correct"], row["support"]) == ("3", 32, 36)
 
-    report = (tmp_path / "tiny" / "REPORT.md").read_text()
-    assert "85.00 ± 7.07 (n=2)" in report  # mean(0.9, 0.8), sample std = 0.0707
-    assert "50.00 ± 0.00 (n=2)" in report
-    assert "4 cells (4 done, 0 failed, 0 pending)" in report
-    assert "ablatrix report" in report and "git:test" in report
+
+def test_accuracy_table_by_hand(grid, tmp_path):
+    """Mean, sample std and t-interval over the two seeds; best and tie marks."""
+    store_runs(grid, tmp_path, FULL)
+    write_report([grid], tmp_path, ["md", "csv"])
+    table = pd.read_csv(tmp_path / "tiny" / "accuracy.csv").set_index("model.batchnorm")
+    a, b = 100 * 32 / 36, 100 * 29 / 36  # stored accuracies of bn=true, seeds 0 and 1
+    mean, std = (a + b) / 2, abs(a - b) / math.sqrt(2)
+    assert table.loc[True, "mean"] == pytest.approx(mean)
+    assert table.loc[True, "std"] == pytest.approx(std)
+    assert table.loc[True, "ci_low"] == pytest.approx(mean - T_975_DF1 * std / math.sqrt(2), abs=1e-4)
+    assert table.loc[True, "n"] == 2 and table.loc[True, "mark"] == "best"
+    assert table.loc[False, "mean"] == pytest.approx(50) and table.loc[False, "mark"] == "tie"  # wide CI
+
+
+def test_deltas_by_hand(grid, tmp_path):
+    """BN false − true paired per seed, overall and for every class."""
+    store_runs(grid, tmp_path, FULL)
+    write_report([grid], tmp_path, ["csv"])
+    (row,) = pd.read_csv(tmp_path / "tiny" / "deltas.csv").to_dict("records")
+    d0, d1 = 100 * (18 - 32) / 36, 100 * (18 - 29) / 36
+    assert (row["factor"], row["comparison"]) == ("model.batchnorm", "False − True")
+    assert row["mean"] == pytest.approx((d0 + d1) / 2)
+    assert (row["n"], row["wins"], row["ties"], row["losses"]) == (2, 0, 0, 2)
+    per_class = pd.read_csv(tmp_path / "tiny" / "per_class_deltas.csv")
+    assert len(per_class) == 10 and per_class["mean"].tolist() == pytest.approx([(d0 + d1) / 2] * 10)
+
+
+def test_markdown_tables_parse_back_to_the_csv_numbers(grid, tmp_path):
+    """The accuracy column of REPORT.md equals accuracy.csv rounded to 2 decimals."""
+    store_runs(grid, tmp_path, FULL)
+    report = write_report([grid], tmp_path, ["md", "csv", "tex"]).read_text()
+    section = report.split("## Test accuracy per configuration")[1].split("##")[0]
+    header, _, *rows = [[c.strip() for c in line.split("|")[1:-1]] for line in section.splitlines()
+                        if line.startswith("|")]
+    bn, acc = header.index("model.batchnorm"), header.index("accuracy %")
+    shown = {r[bn]: r[acc].strip("*") for r in rows}
+    table = pd.read_csv(tmp_path / "tiny" / "accuracy.csv").set_index("model.batchnorm")
+    for bn in (True, False):
+        mean, std = shown[str(bn)].split(" ± ")
+        assert float(mean) == round(table.loc[bn, "mean"], 2)
+        assert float(std) == round(table.loc[bn, "std"], 2)
+    tex = (tmp_path / "tiny" / "accuracy.tex").read_text()
+    assert "\\toprule" in tex and "\\bottomrule" in tex
 
 
 def test_partial_grid_with_a_failed_cell(grid, tmp_path):
     """Missing cells are `pending`, failed ones `failed` with the reason; neither enters the mean."""
-    cells = by_key(grid)
-    store = ResultStore(tmp_path, grid.name)
-    store.put(fabricate(cells[True, 0], 0.9))
-    store.put(fabricate(cells[True, 1], 0.0, status="failed"))
-    store.put(fabricate(cells[False, 0], 0.6))
-    write_report(grid, tmp_path)
-
+    cells = store_runs(grid, tmp_path, {(True, 0): 0.9, (True, 1): 0.0, (False, 0): 0.6},
+                       {(True, 1): "failed"})
+    report = write_report([grid], tmp_path, ["csv"]).read_text()
     runs = pd.read_csv(tmp_path / "tiny" / "runs.csv").set_index("run_id")
     assert runs.loc[cells[True, 1].run_id, "status"] == "failed"
     assert runs.loc[cells[False, 1].run_id, "status"] == "pending"
     assert pd.isna(runs.loc[cells[False, 1].run_id, "test_accuracy"])
-    report = (tmp_path / "tiny" / "REPORT.md").read_text()
-    assert "90.00 (n=1)" in report and "60.00 (n=1)" in report
+    table = pd.read_csv(tmp_path / "tiny" / "accuracy.csv").set_index("model.batchnorm")
+    assert (table.loc[True, "n"], table.loc[True, "failed"], table.loc[True, "pending"]) == (1, 1, 0)
+    assert (table.loc[False, "n"], table.loc[False, "failed"], table.loc[False, "pending"]) == (1, 0, 1)
+    assert table.loc[True, "mean"] == pytest.approx(100 * 32 / 36)
     assert "(2 done, 1 failed, 1 pending)" in report
     assert "training loss became nan in epoch 3" in report
+    deltas = pd.read_csv(tmp_path / "tiny" / "deltas.csv")
+    assert deltas["n"].tolist() == [1]  # only seed 0 has both partners
 
 
-def test_records_of_cells_no_longer_in_the_grid_are_ignored(grid, tmp_path):
-    """A stored run whose config left the grid does not enter the tables."""
+def test_figures_are_written_and_linked(grid, tmp_path):
+    """Curves, per-class heatmap and confusion matrix exist as non-empty PNG and PDF, linked in REPORT.md."""
+    store_runs(grid, tmp_path, FULL)
+    report = write_report([grid], tmp_path).read_text()
+    figures = tmp_path / "tiny" / "figures"
+    for stem in ("curves_digits", "per_class_digits", "confusion_digits"):
+        for suffix in ("png", "pdf"):
+            assert (figures / f"{stem}.{suffix}").stat().st_size > 1000
+        assert f"(figures/{stem}.png)" in report
+
+
+def test_numeric_axis_gets_an_accuracy_plot(write_grid, tmp_path):
+    """A numeric axis (dropout) gets accuracy-vs-axis with a line per other factor."""
+    grid = load_grid(write_grid(TINY_GRID.replace("model.batchnorm = [true, false]",
+                                                  "model.batchnorm = [true, false]\nmodel.dropout = [0.0, 0.5]")))
     store = ResultStore(tmp_path, grid.name)
-    stray = fabricate(grid.cells[0], 0.1)
-    store.put({**stray, "run_id": "000000000000"})
-    write_report(grid, tmp_path)
-    runs = pd.read_csv(tmp_path / "tiny" / "runs.csv")
-    assert "000000000000" not in set(runs["run_id"]) and set(runs["status"]) == {"pending"}
-    assert "No finished runs yet." in (tmp_path / "tiny" / "REPORT.md").read_text()
+    for i, cell in enumerate(grid.cells):
+        store.put(fabricate(cell, (20 + i) / 36))
+    report = write_report([grid], tmp_path).read_text()
+    assert (tmp_path / "tiny" / "figures" / "axis_model_dropout_digits.png").stat().st_size > 1000
+    assert "accuracy against model.dropout" in report
+
+
+def test_several_grids_make_one_report(grid, write_grid, tmp_path):
+    """`report A B` writes one report over both grids, with a grid column."""
+    store_runs(grid, tmp_path, FULL)
+    other = load_grid(write_grid(TINY_GRID.replace('"tiny"', '"other"').replace("conv = [4]", "conv = [6]"),
+                                 "other.toml"))
+    for cell in other.cells:
+        ResultStore(tmp_path, "other").put(fabricate(cell, 0.75))
+    report = write_report([grid, other], tmp_path, ["csv"])
+    assert report == tmp_path / "tiny+other" / "REPORT.md"
+    table = pd.read_csv(report.parent / "accuracy.csv")
+    assert sorted(set(table["grid"])) == ["other", "tiny"] and len(table) == 4
+    assert "8 cells (8 done" in report.read_text()
+
+
+def test_no_finished_runs(grid, tmp_path):
+    """A grid with nothing trained yet still gets a report saying so."""
+    assert "No finished runs yet." in write_report([grid], tmp_path).read_text()
+
+
+def test_report_cli_rejects_unknown_format(grid, tmp_path, capsys):
+    """--format lists the valid choices."""
+    assert main(["report", str(grid.path), "--results", str(tmp_path), "--format", "md,xlsx"]) == 2
+    assert "--format 'xlsx': choose from md, tex, csv" in capsys.readouterr().err

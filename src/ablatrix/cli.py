@@ -10,7 +10,7 @@ from tabulate import tabulate
 
 from .errors import AblatrixError
 from .executors import EXECUTORS, resolve_device, run_grids
-from .report import axis_value, write_report
+from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
 
@@ -49,8 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    for grid in _grids(args):
-        print(f"wrote {write_report(grid, args.results)}")
+    formats = args.format.split(",")
+    for fmt in formats:
+        if fmt not in FORMATS:
+            raise AblatrixError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
+    print(f"wrote {write_report(_grids(args), args.results, formats)}")
     return 0
 
 
@@ -68,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name in ("list", "run"):
             verb.add_argument("--set", action="append", metavar="KEY=VALUE",
                               help="override a grid field, e.g. train.epochs=1 (repeatable)")
+        if name == "report":
+            verb.add_argument("--format", default="md", metavar="md,tex,csv",
+                              help="table formats besides REPORT.md's Markdown (default: md)")
         if name == "run":
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
             verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
