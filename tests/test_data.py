@@ -1,6 +1,8 @@
 """Datasets: fixed stratified splits that never depend on the run, train-only normalisation."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -19,8 +21,8 @@ def test_stratified_mask_takes_the_fraction_of_every_class(counts, fraction):
 
 def test_digits_splits_are_fixed_disjoint_and_normalised():
     """digits: 1,797 samples, a stratified 20% test set identical whatever the validation fraction."""
-    a = load_splits("digits", 0.1, torch.device("cpu"))
-    b = load_splits("digits", 0.3, torch.device("cpu"))
+    a = load_splits("digits", 0.1, torch.device("cpu"), Path("."))
+    b = load_splits("digits", 0.3, torch.device("cpu"), Path("."))
     assert len(a.train_x) + len(a.val_x) + len(a.test_x) == 1797
     assert len(a.test_x) == 359 and a.num_classes == 10
     assert torch.equal(a.test_y, b.test_y)

@@ -1,16 +1,18 @@
 """Executors: every cell trained once, interrupted grids resume, failures recorded not fatal."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
-from ablatrix.executors import pending, resolve_device, run_grids
+from ablatrix.executors import RunOptions, pending, resolve_device, run_grids
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
-CPU = torch.device("cpu")
+OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 
 
 @pytest.fixture
@@ -35,19 +37,19 @@ def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, count
     results = tmp_path / "results"
     fail_on[3] = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
-        run_grids([grid], results, CPU)
+        run_grids([grid], results, OPTIONS)
     store = ResultStore(results, grid.name)
     finished = store.records()
     assert sorted(finished) == sorted(calls[:2])
     assert all(r["status"] == "done" for r in finished.values())
 
     fail_on.clear()
-    summary = run_grids([grid], results, CPU)
+    summary = run_grids([grid], results, OPTIONS)
     assert (summary.trained, summary.skipped) == (2, 2)
     assert sorted(calls[3:]) == sorted(c.run_id for c in grid.cells if c.run_id not in finished)
     assert calls[2] in calls[3:]  # the interrupted cell is trained again
     assert all(store.get(k) == v for k, v in finished.items())  # untouched
-    assert run_grids([grid], results, CPU).trained == 0
+    assert run_grids([grid], results, OPTIONS).trained == 0
 
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, counting_train):
@@ -55,20 +57,20 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, coun
     calls, fail_on = counting_train
     grid = load_grid(write_grid())
     fail_on[1] = RuntimeError("CUDA out of memory (simulated)")
-    summary = run_grids([grid], tmp_path, CPU)
+    summary = run_grids([grid], tmp_path, OPTIONS)
     assert (summary.trained, summary.failed) == (3, 1)
     record = ResultStore(tmp_path, grid.name).get(calls[0])
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: CUDA out of memory (simulated)"
     assert "Traceback" in record["traceback"]
     assert [c.run_id for c, _ in pending([grid], tmp_path)] == [calls[0]]
-    assert run_grids([grid], tmp_path, CPU).trained == 1
+    assert run_grids([grid], tmp_path, OPTIONS).trained == 1
 
 
 def test_record_describes_itself(write_grid, tmp_path):
     """A finished record holds config, history, test metrics, params, device, versions, timing."""
     grid = load_grid(write_grid(), ["seeds=[0]", "axes.model.batchnorm=[true]"])
-    run_grids([grid], tmp_path, CPU)
+    run_grids([grid], tmp_path, OPTIONS)
     (record,) = ResultStore(tmp_path, grid.name).records().values()
     cell = grid.cells[0]
     assert record["config"] == cell.config.to_dict() and record["run_id"] == cell.run_id

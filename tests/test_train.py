@@ -1,6 +1,8 @@
 """The trainer: determinism, early stopping with best-weights restore, metrics, divergence."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 
 import pytest
@@ -21,7 +23,7 @@ def config(seed: int = 0, **train) -> RunConfig:
 
 @pytest.fixture(scope="module")
 def digits() -> Splits:
-    return load_splits("digits", 0.1, CPU)
+    return load_splits("digits", 0.1, CPU, Path("."))
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
@@ -86,3 +88,15 @@ def test_non_finite_loss_raises_training_diverged(digits):
     broken.train_x[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1"):
         fit(config(epochs=2, batch_size=2000), broken, CPU)
+
+
+@pytest.mark.parametrize("options", [
+    {"augment": "flip-rot90"}, {"augment": "crop-flip"}, {"sampler": "balanced"}, {"class_weighted": True},
+])
+def test_training_options_change_the_run_and_still_learn(digits, options):
+    """Augmentation, the balanced sampler and class weights each alter training, which still learns."""
+    plain = train_run(config(epochs=6), digits, CPU)
+    varied = train_run(config(epochs=6, **options), digits, CPU)
+    assert varied["history"][0]["train_loss"] != plain["history"][0]["train_loss"]
+    assert varied["history"][-1]["train_loss"] < 0.7 * varied["history"][0]["train_loss"]
+    assert varied["test"]["accuracy"] > 0.15  # above chance even where flips/crops garble 8x8 digits

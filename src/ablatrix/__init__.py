@@ -1,4 +1,5 @@
 """ablatrix: declarative ablation grids for small neural networks."""
+from . import datasets  # noqa: F401  registers the built-in datasets
 from .data import register_dataset
 from .models import create_model, register_model
 

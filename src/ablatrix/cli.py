@@ -9,7 +9,8 @@ from typing import Sequence
 from tabulate import tabulate
 
 from .errors import AblatrixError
-from .executors import EXECUTORS, resolve_device, run_grids
+from .data import DATASETS, data_root
+from .executors import EXECUTORS, RunOptions, resolve_device, run_grids
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
@@ -41,8 +42,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     grids = _grids(args)
-    device = resolve_device(args.device)
-    summary = run_grids(grids, args.results, device, args.executor)
+    options = RunOptions(resolve_device(args.device), data_root(args.data_dir))
+    summary = run_grids(grids, args.results, options, args.executor)
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}; "
           f"records in {args.results}")
     return 1 if summary.failed else 0
@@ -55,6 +56,29 @@ def cmd_report(args: argparse.Namespace) -> int:
             raise AblatrixError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
     print(f"wrote {write_report(_grids(args), args.results, formats)}")
     return 0
+
+
+def cmd_fetch(args: argparse.Namespace) -> int:
+    root = data_root(args.data_dir)
+    infos = [DATASETS.lookup(name) for name in args.datasets]
+    for info in infos:
+        if info.download is None:
+            try:
+                info.load(root)
+            except AblatrixError as exc:
+                raise AblatrixError(f"{info.name} cannot be downloaded: {exc}") from None
+            print(f"{info.name}: nothing to download")
+            continue
+        try:
+            info.download(root)
+        except Exception as exc:  # network errors come in many types; the message is what helps
+            raise AblatrixError(f"downloading {info.name} into {root} failed: {exc}") from None
+        info.load(root)
+        print(f"{info.name}: ready in {root}")
+    return 0
+
+
+DATA_DIR_HELP = "dataset folder (default: $ABLATRIX_DATA, else ~/.cache/ablatrix)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,9 +99,15 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--format", default="md", metavar="md,tex,csv",
                               help="table formats besides REPORT.md's Markdown (default: md)")
         if name == "run":
+            verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
             verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
                               help="how cells are run (default: local)")
+    fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",
+                             description="download datasets into the data folder, where possible")
+    fetch.set_defaults(func=cmd_fetch)
+    fetch.add_argument("datasets", nargs="+", metavar="DATASET")
+    fetch.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
     return parser
 
 

@@ -1,13 +1,17 @@
-"""Datasets: a registry of loaders, fixed stratified splits, and tensors kept on the training device.
+"""Datasets: a registry of loaders, fixed stratified splits, tensors kept on the training device,
+and batched on-device augmentation.
 
 A loader returns the whole labelled set as CPU tensors plus a fixed test mask. The test split
 never depends on a run's seed, and neither does the validation split carved from train: seeds
-vary initialisation, dropout and batch order, so every variant of a grid sees identical data.
+vary initialisation, dropout, augmentation and batch order, so every variant of a grid sees
+identical data. The concrete datasets live in `datasets.py`.
 """
 from __future__ import annotations
 
 import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -29,13 +33,15 @@ class Labelled:
 
 @dataclass(frozen=True)
 class DatasetInfo:
-    """What the model builder and the report need to know before anything is loaded."""
+    """What the model builder, trainer and report need to know before anything is loaded."""
 
     name: str
     input_shape: tuple[int, int, int]
     classes: tuple[str, ...]
-    load: Callable[[], Labelled]
+    load: Callable[[Path], Labelled]  # data root -> the labelled set; AblatrixError if files are missing
     description: str
+    standardize: bool  # per-channel mean/std from the train part; False for one-hot wafer maps
+    download: Callable[[Path], None] | None  # fetch the files into the data root, where possible
 
 
 @dataclass(frozen=True)
@@ -55,13 +61,23 @@ DATASETS: Registry[DatasetInfo] = Registry("dataset")
 
 
 def register_dataset(name: str, input_shape: tuple[int, int, int], classes: tuple[str, ...],
-                     description: str) -> Callable[[Callable[[], Labelled]], Callable[[], Labelled]]:
-    """Register a loader `() -> Labelled` for a dataset of the given shape and class names."""
-    def add(load: Callable[[], Labelled]) -> Callable[[], Labelled]:
-        cached = functools.cache(load)  # one read per process, however many cells use it
-        DATASETS.register(name)(DatasetInfo(name, input_shape, tuple(classes), cached, description))
+                     description: str, standardize: bool = True,
+                     download: Callable[[Path], None] | None = None
+                     ) -> Callable[[Callable[[Path], Labelled]], Callable[[Path], Labelled]]:
+    """Register a loader `(data_root) -> Labelled` for a dataset of the given shape and classes."""
+    def add(load: Callable[[Path], Labelled]) -> Callable[[Path], Labelled]:
+        cached = functools.cache(load)  # one read per process and root, however many cells use it
+        DATASETS.register(name)(DatasetInfo(name, input_shape, tuple(classes), cached, description,
+                                            standardize, download))
         return load
     return add
+
+
+def data_root(explicit: Path | None = None) -> Path:
+    """--data-dir, else $ABLATRIX_DATA, else ~/.cache/ablatrix."""
+    if explicit is not None:
+        return Path(explicit)
+    return Path(os.environ.get("ABLATRIX_DATA") or Path.home() / ".cache" / "ablatrix")
 
 
 def stratified_mask(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED) -> np.ndarray:
@@ -75,17 +91,19 @@ def stratified_mask(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED)
 
 
 @functools.lru_cache(maxsize=4)  # consecutive cells of a grid share the tensors on the device
-def load_splits(name: str, val_fraction: float, device: torch.device) -> Splits:
-    """Train/val/test for `name`, normalised per channel with statistics of the train part only."""
+def load_splits(name: str, val_fraction: float, device: torch.device, root: Path) -> Splits:
+    """Train/val/test for `name`, standardised per channel with statistics of the train part only."""
     info = DATASETS.lookup(name)
-    data = info.load()
+    data = info.load(root)
     x, y, is_test = data.x, data.y, data.is_test.numpy()
     train_idx = np.flatnonzero(~is_test)
     is_val = stratified_mask(y.numpy()[train_idx], val_fraction)
     parts = {"train": train_idx[~is_val], "val": train_idx[is_val], "test": np.flatnonzero(is_test)}
-    train_x = x[parts["train"]]
-    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
-    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    mean, std = torch.zeros(1), torch.ones(1)
+    if info.standardize:
+        train_x = x[parts["train"]]
+        mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+        std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
     tensors = {}
     for part, idx in parts.items():
         index = torch.from_numpy(idx)
@@ -94,13 +112,43 @@ def load_splits(name: str, val_fraction: float, device: torch.device) -> Splits:
     return Splits(**tensors, num_classes=len(info.classes))
 
 
-@register_dataset("digits", (1, 8, 8), tuple(str(d) for d in range(10)),
-                  "scikit-learn's 1,797 real 8x8 handwritten digits (UCI), embedded, no download; "
-                  "fixed stratified 20% test split")
-def _digits() -> Labelled:
-    from sklearn.datasets import load_digits
+# Augmentations: (batch on the device) -> batch of the same shape, random per sample, drawn from
+# torch's global generator (seeded per run), without leaving the device.
+AUGMENTATIONS: Registry[Callable[[torch.Tensor], torch.Tensor]] = Registry("augmentation")
 
-    bunch = load_digits()
-    x = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1)
-    labels = bunch.target.astype(np.int64)
-    return Labelled(x, torch.from_numpy(labels), torch.from_numpy(stratified_mask(labels, 0.2)))
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return torch.where(mask.view(-1, 1, 1, 1), a, b)
+
+
+def _coin(x: torch.Tensor) -> torch.Tensor:
+    return torch.rand(len(x), device=x.device) < 0.5
+
+
+@AUGMENTATIONS.register("none")
+def no_augmentation(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+@AUGMENTATIONS.register("flip-rot90")
+def flip_rot90(x: torch.Tensor) -> torch.Tensor:
+    """Random horizontal and vertical flips (together: 180° turns), and 90° turns on square maps."""
+    x = _where(_coin(x), x.flip(-1), x)
+    x = _where(_coin(x), x.flip(-2), x)
+    if x.shape[-1] == x.shape[-2]:
+        x = _where(_coin(x), x.transpose(-1, -2).flip(-1), x)
+    return x
+
+
+@AUGMENTATIONS.register("crop-flip")
+def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
+    """Random crop from the zero-padded image (CIFAR-style, 4 pixels) and random horizontal flip."""
+    n, _, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+    dy = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n, 1, 1), device=x.device)
+    rows = dy + torch.arange(h, device=x.device).view(1, h, 1)
+    cols = dx + torch.arange(w, device=x.device).view(1, 1, w)
+    batch = torch.arange(n, device=x.device).view(n, 1, 1)
+    cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
+    return _where(_coin(x), cropped.flip(-1), cropped)

@@ -15,12 +15,20 @@ from typing import Any, Callable, Sequence
 import torch
 from tqdm import tqdm
 
-from .data import load_splits
+from .data import DATASETS, load_splits
 from .errors import AblatrixError
 from .registry import Registry
 from .spec import Cell, Grid
 from .store import ResultStore, environment
 from .train import train_run
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """Where and how cells run; none of it is part of a run's identity."""
+
+    device: torch.device
+    data_root: Path
 
 
 @dataclass(frozen=True)
@@ -57,7 +65,7 @@ def pending(grids: Sequence[Grid], results: Path) -> list[tuple[Cell, ResultStor
     return todo
 
 
-def run_cell(cell: Cell, device: torch.device,
+def run_cell(cell: Cell, options: RunOptions,
              on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell and return its full record, status `done` or `failed` with the reason."""
     started = datetime.now(timezone.utc)
@@ -65,10 +73,11 @@ def run_cell(cell: Cell, device: torch.device,
     record: dict[str, Any] = {
         "run_id": cell.run_id, "grid": cell.grid, "variant": cell.variant, "axes": cell.axes,
         "dataset": cell.config.dataset, "seed": cell.config.seed, "config": cell.config.to_dict(),
-        "params": cell.params, **environment(device), "started_at": started.isoformat()}
+        "params": cell.params, **environment(options.device), "started_at": started.isoformat()}
     try:
-        data = load_splits(cell.config.dataset, cell.config.train.val_fraction, device)
-        record.update(train_run(cell.config, data, device, on_epoch), status="done")
+        data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
+                           options.data_root)
+        record.update(train_run(cell.config, data, options.device, on_epoch), status="done")
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
@@ -76,12 +85,12 @@ def run_cell(cell: Cell, device: torch.device,
     return record
 
 
-def run_sequential(todo: list[tuple[Cell, ResultStore]], device: torch.device) -> Summary:
+def run_sequential(todo: list[tuple[Cell, ResultStore]], options: RunOptions) -> Summary:
     failed = 0
     with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
         for cell, store in todo:
             bar.set_description(cell.label())
-            record = run_cell(cell, device, lambda row: bar.set_postfix(
+            record = run_cell(cell, options, lambda row: bar.set_postfix(
                 epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
             store.put(record)
             if record["status"] != "done":
@@ -91,16 +100,22 @@ def run_sequential(todo: list[tuple[Cell, ResultStore]], device: torch.device) -
     return Summary(trained=len(todo) - failed, failed=failed, skipped=0)
 
 
-EXECUTORS: Registry[Callable[[list[tuple[Cell, ResultStore]], torch.device], Summary]] = \
+EXECUTORS: Registry[Callable[[list[tuple[Cell, ResultStore]], RunOptions], Summary]] = \
     Registry("executor")
 EXECUTORS.register("local")(run_sequential)
 
 
-def run_grids(grids: Sequence[Grid], results: Path, device: torch.device,
+def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
               executor: str = "local") -> Summary:
-    """Train every cell of `grids` that has no finished record in `results`."""
+    """Train every cell of `grids` that has no finished record in `results`.
+
+    Every dataset a pending cell needs is loaded first, so missing files stop the run before
+    anything trains (AblatrixError), rather than failing each cell in turn.
+    """
     run = EXECUTORS.lookup(executor)
     todo = pending(grids, results)
-    summary = run(todo, device)
+    for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):
+        DATASETS[dataset].load(options.data_root)
+    summary = run(todo, options)
     total = sum(len(g.cells) for g in grids)
     return Summary(summary.trained, summary.failed, skipped=total - len(todo))

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import ModelConfig, RunConfig, TrainConfig
-from .data import DATASETS
+from .data import AUGMENTATIONS, DATASETS
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
-from .train import OPTIMIZERS
+from .train import OPTIMIZERS, SAMPLERS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -256,9 +256,11 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             for axis, value in combo.items():
                 _set_path(doc_cell, axis, value, context)
             train = build_dataclass(TrainConfig, doc_cell["train"], context, "train.")
-            if train.optimizer not in OPTIMIZERS:
-                _fail(context, f"train.optimizer = {train.optimizer!r}; choose from: "
-                               f"{', '.join(sorted(OPTIMIZERS))}")
+            for key, registry in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS),
+                                  ("sampler", SAMPLERS)):
+                if getattr(train, key) not in registry:
+                    _fail(context, f"train.{key} = {getattr(train, key)!r}; choose from: "
+                                   f"{', '.join(sorted(registry))}")
             model_doc = dict(doc_cell["model"])
             model_name = model_doc.pop("name", DEFAULT_MODEL)
             try:

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from .config import RunConfig, TrainConfig
-from .data import Splits
+from .data import AUGMENTATIONS, Splits
 from .errors import AblatrixError
 from .models import create_model
 from .registry import Registry
@@ -25,6 +25,18 @@ OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_d
 OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
                                                          weight_decay=c.weight_decay))
 EVAL_BATCH = 2048
+
+
+def class_frequencies(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(y, minlength=num_classes).float().clamp_min(1)
+
+
+# Samplers: (train labels, num classes, generator) -> the epoch's order of training indices.
+SAMPLERS: Registry[Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]] = Registry("sampler")
+SAMPLERS.register("uniform")(lambda y, c, g: torch.randperm(len(y), generator=g))
+# Draws len(y) indices with replacement, each class equally likely: rare classes repeat.
+SAMPLERS.register("balanced")(lambda y, c, g: torch.multinomial(
+    (1 / class_frequencies(y, c))[y].cpu(), len(y), replacement=True, generator=g))
 
 
 class TrainingDiverged(AblatrixError):
@@ -68,6 +80,11 @@ def fit(config: RunConfig, data: Splits, device: torch.device,
     model = create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
                          **config.model.params).to(device)
     optimizer = OPTIMIZERS.lookup(cfg.optimizer)(model.parameters(), cfg)
+    augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
+    weight = None
+    if cfg.class_weighted:  # inverse frequency, scaled so a balanced set gets weight 1 everywhere
+        counts = class_frequencies(data.train_y, data.num_classes)
+        weight = (counts.sum() / (data.num_classes * counts)).to(device)
     n = len(data.train_x)
     # BatchNorm cannot normalise a batch of one sample: drop such a trailing batch.
     n_used = n - 1 if n % cfg.batch_size == 1 else n
@@ -77,14 +94,14 @@ def fit(config: RunConfig, data: Splits, device: torch.device,
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         model.train()
-        order = torch.randperm(n, generator=batch_order).to(device)
+        order = sample(data.train_y, data.num_classes, batch_order).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, n_used, cfg.batch_size):
             idx = order[start:min(start + cfg.batch_size, n_used)]
-            x, y = data.train_x[idx], data.train_y[idx]
+            x, y = augment(data.train_x[idx]), data.train_y[idx]
             logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y)
+            loss = nn.functional.cross_entropy(logits, y, weight=weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

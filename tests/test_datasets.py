@@ -1,0 +1,224 @@
+"""Real dataset loaders on small files written in each published on-disk format, the synthetic
+wafer generator, on-device augmentation and class-balancing options."""
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ablatrix import datasets
+from ablatrix.cli import main
+from ablatrix.data import AUGMENTATIONS, DATASETS
+from ablatrix.errors import AblatrixError
+from ablatrix.train import SAMPLERS
+
+RNG = np.random.default_rng(0)
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """MNIST's idx format: 0, 0, type 0x08 (ubyte), ndim, big-endian dims, then the bytes."""
+    data = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def make_idx_set(folder: Path, n_train: int = 30, n_test: int = 10, gz: bool = True) -> dict:
+    folder.mkdir(parents=True)
+    arrays = {"train-images-idx3-ubyte": RNG.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+              "train-labels-idx1-ubyte": np.arange(n_train, dtype=np.uint8) % 10,
+              "t10k-images-idx3-ubyte": RNG.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte": np.arange(n_test, dtype=np.uint8) % 10}
+    for name, array in arrays.items():
+        write_idx(folder / (f"{name}.gz" if gz else name), array)
+    return arrays
+
+
+@pytest.mark.parametrize("loader, subfolder, gz", [
+    (datasets.mnist, "MNIST/raw", True),  # torchvision's layout, as `ablatrix fetch` leaves it
+    (datasets.mnist, "mnist", False),
+    (datasets.fashion_mnist, "FashionMNIST/raw", True),
+    (datasets.fashion_mnist, "fashion-mnist", False),
+])
+def test_idx_datasets_read_both_compressed_and_plain(tmp_path, loader, subfolder, gz):
+    """MNIST/Fashion-MNIST idx files load as (N, 1, 28, 28) in [0, 1] with the official test split."""
+    arrays = make_idx_set(tmp_path / subfolder, gz=gz)
+    data = loader(tmp_path)
+    assert data.x.shape == (40, 1, 28, 28) and data.y.dtype == torch.int64
+    assert data.is_test.tolist() == [False] * 30 + [True] * 10
+    assert torch.equal(data.x[31, 0], torch.from_numpy(arrays["t10k-images-idx3-ubyte"][1]).float() / 255)
+    assert data.y[:12].tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+
+
+def test_truncated_idx_file_is_a_clear_error(tmp_path):
+    """An idx file shorter than its header says is reported, not mis-shaped."""
+    make_idx_set(tmp_path / "mnist")
+    path = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    with gzip.open(path, "wb") as f:
+        f.write(data[:-5])
+    with pytest.raises(AblatrixError, match="header says"):
+        datasets.mnist(tmp_path)
+
+
+def test_cifar10_python_batches(tmp_path):
+    """The CIFAR-10 python pickles (bytes keys, rows of 1024 R, G, B) load as (N, 3, 32, 32)."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    batches = {}
+    for name, n in [*((f"data_batch_{i}", 4) for i in range(1, 6)), ("test_batch", 6)]:
+        batches[name] = {b"batch_label": name.encode(), b"labels": list(RNG.integers(0, 10, n)),
+                         b"data": RNG.integers(0, 256, (n, 3072), dtype=np.uint8)}
+        with open(folder / name, "wb") as f:
+            pickle.dump(batches[name], f, protocol=2)
+    data = datasets.cifar10(tmp_path)
+    assert data.x.shape == (26, 3, 32, 32) and int(data.is_test.sum()) == 6 and bool(data.is_test[-1])
+    row = batches["data_batch_2"][b"data"][1]  # sample 5 overall
+    assert data.x[5, 1, 2, 3] == pytest.approx(row[1024 + 2 * 32 + 3] / 255)  # green, row 2, col 3
+    assert data.y[20:].tolist() == list(batches["test_batch"][b"labels"])
+
+
+def write_lswmd(path: Path) -> pd.DataFrame:
+    """An LSWMD.pkl look-alike: pandas < 0.20 module paths, failureType as nested arrays or empty."""
+    labels = ["Center", "none", None, "Scratch", "Edge-Ring", None, "none", "Donut"] * 5
+    maps = [RNG.integers(0, 3, (int(RNG.integers(20, 60)), int(RNG.integers(20, 60)))).astype(np.uint8)
+            for _ in labels]
+    frame = pd.DataFrame({
+        "waferMap": maps, "dieSize": [float(m.size) for m in maps],
+        "lotName": [f"lot{i // 4}" for i in range(len(labels))], "waferIndex": [float(i % 25 + 1) for i in range(len(labels))],
+        "trianTestLabel": [np.array([["Training"]], dtype=object) for _ in labels],
+        "failureType": [np.array([[lab]], dtype=object) if lab else np.zeros((0, 0)) for lab in labels]},
+        index=pd.Index(range(len(labels))) + 0)
+    raw = pickle.dumps(frame, protocol=2).replace(b"pandas.core.indexes.", b"pandas.indexes.")
+    assert b"pandas.indexes." in raw
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(raw)
+    return frame
+
+
+def test_wm811k_reads_the_legacy_pickle_and_caches(tmp_path, monkeypatch):
+    """LSWMD.pkl with `pandas.indexes` paths: unlabelled maps dropped, maps 53x52 one-hot, cached."""
+    frame = write_lswmd(tmp_path / "wm811k" / "LSWMD.pkl")
+    with pytest.raises(ModuleNotFoundError):
+        pd.read_pickle(tmp_path / "wm811k" / "LSWMD.pkl")  # what the shim is for
+    data = datasets.wm811k(tmp_path)
+    assert data.x.shape == (30, 3, 53, 52)
+    assert torch.equal(data.x.sum(1), torch.ones(30, 53, 52))  # one-hot
+    names = [datasets.WAFER_CLASSES[i] for i in data.y]
+    assert names[:6] == ["Center", "none", "Scratch", "Edge-Ring", "none", "Donut"]
+    first = torch.from_numpy(frame["waferMap"][0].astype(np.float32))[None, None]
+    expected = torch.nn.functional.interpolate(first, size=(53, 52), mode="nearest")[0, 0].long()
+    assert torch.equal(data.x[0].argmax(0), expected)
+    assert (tmp_path / "wm811k" / "LSWMD-53x52.pt").exists()
+
+    def no_pickle(path):
+        raise AssertionError("the cache should have been used")
+    monkeypatch.setattr(datasets, "read_legacy_pickle", no_pickle)
+    again = datasets.wm811k(tmp_path)
+    assert torch.equal(again.x, data.x) and torch.equal(again.is_test, data.is_test)
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("mnist", "expected train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte"),
+    ("fashion-mnist", "dataset-fashion-mnist"),
+    ("cifar10", "expected data_batch_1, data_batch_2"),
+    ("wm811k", "expected LSWMD.pkl at"),
+])
+def test_missing_dataset_names_the_files_and_folders(tmp_path, name, expected, monkeypatch):
+    """A missing dataset says which files it expects and where, never a traceback."""
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION", tmp_path / "no-debian")
+    loader = {"mnist": datasets.mnist, "fashion-mnist": datasets.fashion_mnist,
+              "cifar10": datasets.cifar10, "wm811k": datasets.wm811k}[name]
+    with pytest.raises(AblatrixError, match=f"dataset '{name}' not found") as err:
+        loader(tmp_path)
+    assert expected in str(err.value) and str(tmp_path) in str(err.value)
+
+
+def test_run_with_missing_data_exits_2_before_training(write_grid, tmp_path, capsys, monkeypatch):
+    """`ablatrix run` on a grid whose data is absent stops with one line and writes no record."""
+    monkeypatch.setattr(datasets, "DEBIAN_FASHION", tmp_path / "no-debian")
+    grid = write_grid('name = "m"\ndatasets = ["fashion-mnist"]\nseeds = [0]\n')
+    code = main(["run", str(grid), "--results", str(tmp_path / "res"), "--data-dir", str(tmp_path / "data")])
+    err = capsys.readouterr().err
+    assert code == 2 and "dataset 'fashion-mnist' not found" in err and err.count("\n") == 1
+    assert not (tmp_path / "res").exists()
+
+
+def test_grid_trains_on_generated_mnist_files(write_grid, tmp_path, capsys):
+    """End to end: a grid on MNIST files in --data-dir trains and records 10-class metrics."""
+    make_idx_set(tmp_path / "data" / "MNIST" / "raw", n_train=60, n_test=20)
+    grid = write_grid('name = "m"\ndatasets = ["mnist"]\nseeds = [0]\n[train]\nepochs = 1\nbatch_size = 16\n'
+                      "val_fraction = 0.2\n[model]\nconv = [4]\n")
+    assert main(["run", str(grid), "--results", str(tmp_path / "res"), "--data-dir", str(tmp_path / "data")]) == 0
+    (record,) = [p for p in (tmp_path / "res" / "m" / "runs").glob("*.json")]
+    assert '"support": 2' in record.read_text()
+
+
+@pytest.mark.parametrize("name", ["wm811k", "digits"])
+def test_fetch_without_a_download(name, tmp_path, capsys):
+    """`fetch` of a dataset that cannot be downloaded says so; embedded data needs nothing."""
+    code = main(["fetch", name, "--data-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    if name == "digits":
+        assert code == 0 and "digits: nothing to download" in out.out
+    else:
+        assert code == 2 and "wm811k cannot be downloaded" in out.err
+
+
+def test_synthetic_wafers_have_their_pattern_geometry():
+    """The generator is deterministic, 0/1/2-valued, and each class shows its pattern."""
+    counts = {kind: 40 for kind in datasets.WAFER_CLASSES}
+    maps, y = datasets.synthetic_wafer_maps(counts)
+    again, _ = datasets.synthetic_wafer_maps(counts)
+    assert torch.equal(maps, again) and maps.shape == (360, 53, 52) and set(maps.unique().tolist()) == {0, 1, 2}
+    h, w = 53, 52
+    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    r = torch.hypot((yy - (h - 1) / 2) / (h / 2), (xx - (w - 1) / 2) / (w / 2))
+    defect = (maps == 2).float()
+
+    def rate(kind: str, region: torch.Tensor) -> float:
+        return defect[y == datasets.WAFER_CLASSES.index(kind)][:, region].mean().item()
+    centre, rim = r < 0.2, (r > 0.88) & (r <= 0.96)
+    assert rate("Center", centre) > 0.5 > rate("Center", rim)
+    assert rate("Edge-Ring", rim) > 0.5 > rate("Edge-Ring", centre)
+    assert rate("none", r <= 0.96) < 0.05 and rate("Near-full", r <= 0.96) > 0.6
+    assert DATASETS["wm811k-synthetic"].load(Path(".")).x.shape == (3300, 3, 53, 52)
+
+
+def test_flip_rot90_permutes_pixels_within_each_map():
+    """Flips and 90° turns keep each sample's values (as a multiset) and the batch shape."""
+    torch.manual_seed(0)
+    for shape in ((16, 3, 53, 52), (16, 3, 8, 8)):
+        x = torch.rand(shape)
+        out = AUGMENTATIONS["flip-rot90"](x)
+        assert out.shape == x.shape and not torch.equal(out, x)
+        assert torch.equal(out.flatten(1).sort(1).values, x.flatten(1).sort(1).values)
+
+
+def test_crop_flip_is_a_shifted_crop_of_the_padded_image():
+    """Each output is a 32x32 window (offset 0..8) of the 4-padded input, flipped or not."""
+    torch.manual_seed(0)
+    x = torch.rand(12, 3, 32, 32)
+    out = AUGMENTATIONS["crop-flip"](x)
+    padded = torch.nn.functional.pad(x, (4, 4, 4, 4))
+    for i in range(len(x)):
+        windows = [padded[i, :, dy:dy + 32, dx:dx + 32] for dy in range(9) for dx in range(9)]
+        assert any(torch.equal(out[i], w) or torch.equal(out[i], w.flip(-1)) for w in windows)
+
+
+def test_balanced_sampler_draws_classes_equally():
+    """With a 90/10 label split, the balanced sampler draws each class about half the time."""
+    y = torch.tensor([0] * 900 + [1] * 100)
+    order = SAMPLERS["balanced"](y, 2, torch.Generator().manual_seed(0))
+    share = (y[order] == 1).float().mean().item()
+    assert len(order) == 1000 and 0.45 < share < 0.55
+    assert sorted(SAMPLERS["uniform"](y, 2, torch.Generator().manual_seed(0)).tolist()) == list(range(1000))
