@@ -1,6 +1,7 @@
 """Executors: every cell trained once, interrupted grids resume, failures recorded not fatal."""
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -8,7 +9,7 @@ import torch
 
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
-from ablatrix.executors import RunOptions, pending, resolve_device, run_grids
+from ablatrix.executors import RunOptions, available_cores, pending, resolve_device, run_grids
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
@@ -21,11 +22,11 @@ def counting_train(monkeypatch):
     calls, fail_on = [], {}
     real = executors.train_run
 
-    def train(config, data, device, on_epoch):
+    def train(config, *args):
         calls.append(config.run_id)
         if len(calls) in fail_on:
             raise fail_on[len(calls)]
-        return real(config, data, device, on_epoch)
+        return real(config, *args)
     monkeypatch.setattr(executors, "train_run", train)
     return calls, fail_on
 
@@ -95,3 +96,37 @@ def test_cuda_without_gpu_is_a_clear_error():
     """--device cuda on a CPU-only machine says so instead of failing inside torch."""
     with pytest.raises(AblatrixError, match="CUDA is not available"):
         resolve_device("cuda")
+
+
+def strip_timing(record: dict) -> dict:
+    return {"history": [{k: v for k, v in row.items() if k != "seconds"} for row in record["history"]],
+            "test": record["test"], "best_epoch": record["best_epoch"]}
+
+
+def test_two_worker_processes_give_the_same_records_as_one(write_grid, tmp_path):
+    """--workers 2 trains every cell once, in spawned processes, with the sequential numbers."""
+    grid = load_grid(write_grid())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each of the two workers on 2 cores: same arithmetic, same order
+    try:
+        run_grids([grid], tmp_path / "one", OPTIONS)
+    finally:
+        torch.set_num_threads(threads)
+    summary = run_grids([grid], tmp_path / "two", replace(OPTIONS, workers=2))
+    assert (summary.trained, summary.failed) == (4, 0)
+    one, two = (ResultStore(tmp_path / d, grid.name).records() for d in ("one", "two"))
+    assert sorted(one) == sorted(two)
+    for run_id in one:
+        assert two[run_id]["execution"]["workers"] == 2
+        assert two[run_id]["torch_threads"] == max(1, available_cores() // 2)
+        assert strip_timing(one[run_id]) == strip_timing(two[run_id])
+
+
+def test_workers_import_the_grids_plugins(write_grid, tmp_path):
+    """A model registered by a grid's plugin file also exists in the worker processes."""
+    from test_spec import PLUGIN
+    (tmp_path / "my_models.py").write_text(PLUGIN.replace("plugin-mlp", "worker-mlp"))
+    grid = load_grid(write_grid('name = "p"\nplugins = ["my_models.py"]\ndatasets = ["digits"]\n'
+                                'seeds = [0, 1]\n[train]\nepochs = 1\n[model]\nname = "worker-mlp"\n'))
+    summary = run_grids([grid], tmp_path / "res", replace(OPTIONS, workers=2))
+    assert (summary.trained, summary.failed) == (2, 0)

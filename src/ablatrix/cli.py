@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import torch
 from tabulate import tabulate
 
 from .errors import AblatrixError
@@ -14,6 +15,7 @@ from .executors import EXECUTORS, RunOptions, resolve_device, run_grids
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
+from .train import Execution
 
 
 def _grids(args: argparse.Namespace) -> list[Grid]:
@@ -42,7 +44,15 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     grids = _grids(args)
-    options = RunOptions(resolve_device(args.device), data_root(args.data_dir))
+    device = resolve_device(args.device)
+    if args.workers < 1 or args.runs_per_gpu < 1:
+        raise AblatrixError("--workers and --runs-per-gpu take an integer >= 1")
+    if args.runs_per_gpu > 1 and device.type != "cuda":
+        raise AblatrixError("--runs-per-gpu needs a CUDA device; on CPU use --workers N")
+    gpus = 1 if device.index is not None or device.type == "cpu" else torch.cuda.device_count()
+    execution = Execution(compile=args.compile) if args.fp32 else Execution.default_for(device, args.compile)
+    options = RunOptions(device, data_root(args.data_dir), execution,
+                         workers=args.workers if device.type == "cpu" else args.runs_per_gpu * gpus)
     summary = run_grids(grids, args.results, options, args.executor)
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}; "
           f"records in {args.results}")
@@ -101,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
+            verb.add_argument("--workers", type=int, default=1,
+                              help="CPU: train N cells at once in N processes (default 1)")
+            verb.add_argument("--runs-per-gpu", type=int, default=1,
+                              help="CUDA: train N cells at once on each GPU (default 1)")
+            verb.add_argument("--fp32", action="store_true",
+                              help="CUDA: no mixed precision, no channels_last")
+            verb.add_argument("--compile", action="store_true", help="torch.compile each model")
             verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
                               help="how cells are run (default: local)")
     fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",

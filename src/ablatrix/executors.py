@@ -1,13 +1,21 @@
 """Executors train the cells that have no finished record and store one record per cell.
 
 A record is written only when its cell ends (done or failed), atomically, so Ctrl-C or a crash
-loses at most the cell in progress and the next `run` trains only what is missing.
+loses at most the cells in progress and the next `run` trains only what is missing.
+
+The `local` executor runs cells one after another, or in `workers` processes at once: on CPU
+each process gets cores/workers torch threads (small models scale better over processes than over
+threads); on CUDA several processes share each GPU (`--runs-per-gpu`), since one small CNN leaves
+a GPU mostly idle.
 """
 from __future__ import annotations
 
+import multiprocessing
+import os
 import time
 import traceback
-from dataclasses import dataclass
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -18,17 +26,20 @@ from tqdm import tqdm
 from .data import DATASETS, load_splits
 from .errors import AblatrixError
 from .registry import Registry
-from .spec import Cell, Grid
+from .spec import Cell, Grid, import_plugins
 from .store import ResultStore, environment
-from .train import train_run
+from .train import Execution, train_run
 
 
 @dataclass(frozen=True)
 class RunOptions:
-    """Where and how cells run; none of it is part of a run's identity."""
+    """Where and how cells run; none of it is part of a run's identity (records store it)."""
 
     device: torch.device
     data_root: Path
+    execution: Execution = Execution()
+    workers: int = 1
+    plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
 
 
 @dataclass(frozen=True)
@@ -36,6 +47,9 @@ class Summary:
     trained: int
     failed: int
     skipped: int
+
+
+Todo = list[tuple[Cell, ResultStore]]
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -46,14 +60,20 @@ def resolve_device(name: str | None) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise AblatrixError(f"--device {name!r}: expected cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise AblatrixError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     if device.type not in ("cpu", "cuda"):
         raise AblatrixError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise AblatrixError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise AblatrixError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
 
 
-def pending(grids: Sequence[Grid], results: Path) -> list[tuple[Cell, ResultStore]]:
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def pending(grids: Sequence[Grid], results: Path) -> Todo:
     """Cells without a finished record; failed cells are tried again."""
     todo = []
     for grid in grids:
@@ -73,11 +93,14 @@ def run_cell(cell: Cell, options: RunOptions,
     record: dict[str, Any] = {
         "run_id": cell.run_id, "grid": cell.grid, "variant": cell.variant, "axes": cell.axes,
         "dataset": cell.config.dataset, "seed": cell.config.seed, "config": cell.config.to_dict(),
-        "params": cell.params, **environment(options.device), "started_at": started.isoformat()}
+        "params": cell.params, **environment(options.device),
+        "execution": {**asdict(options.execution), "workers": options.workers},
+        "started_at": started.isoformat()}
     try:
         data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
                            options.data_root)
-        record.update(train_run(cell.config, data, options.device, on_epoch), status="done")
+        record.update(train_run(cell.config, data, options.device, options.execution, on_epoch),
+                      status="done")
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
@@ -85,24 +108,76 @@ def run_cell(cell: Cell, options: RunOptions,
     return record
 
 
-def run_sequential(todo: list[tuple[Cell, ResultStore]], options: RunOptions) -> Summary:
+def _report(record: dict[str, Any], cell: Cell, bar: tqdm) -> int:
+    """Advance the bar; print and count a failure."""
+    bar.update()
+    if record["status"] == "done":
+        return 0
+    tqdm.write(f"failed: {cell.label()} ({record['error']})")
+    return 1
+
+
+def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> int:
     failed = 0
+    for cell, store in todo:
+        bar.set_description(cell.label())
+        record = run_cell(cell, options, lambda row: bar.set_postfix(
+            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
+        store.put(record)
+        failed += _report(record, cell, bar)
+    return failed
+
+
+_WORKER_DEVICE: torch.device | None = None
+
+
+def _start_worker(plugins: tuple[str, ...], threads: int, devices: Any) -> None:
+    global _WORKER_DEVICE
+    import_plugins(plugins)  # spawned processes start with only the built-in registries
+    torch.set_num_threads(threads)
+    _WORKER_DEVICE = torch.device(devices.get())
+
+
+def _work(cell: Cell, store: ResultStore, options: RunOptions) -> dict[str, Any]:
+    record = run_cell(cell, replace(options, device=_WORKER_DEVICE))
+    store.put(record)
+    return {"status": record["status"], "error": record.get("error")}
+
+
+def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> int:
+    """Cells in `options.workers` spawned processes, each with its own device and thread share."""
+    ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
+    devices = ctx.Manager().Queue()
+    if options.device.type == "cuda" and options.device.index is None:
+        gpus = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
+    else:
+        gpus = [str(options.device)] * options.workers
+    for device in gpus:
+        devices.put(device)
+    threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
+    failed = 0
+    pool = ProcessPoolExecutor(options.workers, ctx, _start_worker, (options.plugins, threads, devices))
+    try:
+        running: dict[Future, Cell] = {pool.submit(_work, cell, store, options): cell
+                                       for cell, store in todo}
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                failed += _report(future.result(), running.pop(future), bar)
+    finally:  # on Ctrl-C: drop queued cells; running ones end with their processes
+        pool.shutdown(wait=True, cancel_futures=True)
+    return failed
+
+
+def run_local(todo: Todo, options: RunOptions) -> Summary:
     with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
-        for cell, store in todo:
-            bar.set_description(cell.label())
-            record = run_cell(cell, options, lambda row: bar.set_postfix(
-                epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
-            store.put(record)
-            if record["status"] != "done":
-                failed += 1
-                tqdm.write(f"failed: {cell.label()} ({record['error']})")
-            bar.update()
+        run = run_parallel if options.workers > 1 and len(todo) > 1 else run_sequential
+        failed = run(todo, options, bar)
     return Summary(trained=len(todo) - failed, failed=failed, skipped=0)
 
 
-EXECUTORS: Registry[Callable[[list[tuple[Cell, ResultStore]], RunOptions], Summary]] = \
-    Registry("executor")
-EXECUTORS.register("local")(run_sequential)
+EXECUTORS: Registry[Callable[[Todo, RunOptions], Summary]] = Registry("executor")
+EXECUTORS.register("local")(run_local)
 
 
 def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
@@ -113,6 +188,7 @@ def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
     anything trains (AblatrixError), rather than failing each cell in turn.
     """
     run = EXECUTORS.lookup(executor)
+    options = replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
     todo = pending(grids, results)
     for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):
         DATASETS[dataset].load(options.data_root)

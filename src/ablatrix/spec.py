@@ -65,6 +65,7 @@ class Grid:
     axes: dict[str, list[Any]]
     variants: tuple[str, ...]
     cells: tuple[Cell, ...]
+    plugins: tuple[str, ...]  # resolved; worker processes import them too
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -141,17 +142,21 @@ def _read(path: Path) -> dict[str, Any]:
         raise AblatrixError(f"{path}: malformed TOML: {exc}") from None
 
 
-def _load_plugins(plugins: Any, path: Path) -> None:
-    """Import modules (dotted names, or .py files relative to the grid) that register models/datasets."""
+def resolve_plugins(plugins: Any, path: Path) -> tuple[str, ...]:
+    """The grid's `plugins`: dotted module names as given, .py files as absolute paths."""
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
         _fail(str(path), f"plugins = {plugins!r} is not allowed; expected a list of module names or .py paths")
+    return tuple(str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins)
+
+
+def import_plugins(plugins: Iterable[str], where: str = "plugins") -> None:
+    """Import modules (dotted names, or .py paths) that register models or datasets, once each."""
     for plugin in plugins:
         try:
             if plugin.endswith(".py"):
-                file = (path.parent / plugin).resolve()
-                name = f"ablatrix_plugin_{hashlib.sha1(str(file).encode()).hexdigest()[:10]}"
+                name = f"ablatrix_plugin_{hashlib.sha1(plugin.encode()).hexdigest()[:10]}"
                 if name not in sys.modules:
-                    module_spec = importlib.util.spec_from_file_location(name, file)
+                    module_spec = importlib.util.spec_from_file_location(name, plugin)
                     module = importlib.util.module_from_spec(module_spec)
                     sys.modules[name] = module
                     try:
@@ -162,7 +167,7 @@ def _load_plugins(plugins: Any, path: Path) -> None:
             else:
                 importlib.import_module(plugin)
         except Exception as exc:
-            _fail(str(path), f"plugins: cannot import {plugin!r}: {type(exc).__name__}: {exc}")
+            raise AblatrixError(f"{where}: cannot import {plugin!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _list_of(where: str, key: str, value: Any, kind: type, allowed: str) -> list:
@@ -205,7 +210,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     description = doc.get("description", "")
     if not isinstance(description, str):
         _fail(where, f"description = {description!r} is not allowed; expected a string")
-    _load_plugins(doc.get("plugins", []), path)
+    plugins = resolve_plugins(doc.get("plugins", []), path)
+    import_plugins(plugins, f"{where}: plugins")
     datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
     for dataset in datasets:
         if dataset not in DATASETS:
@@ -298,4 +304,4 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     if not cells:
         _fail(where, "every cell is excluded")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()))
+                tuple(cells.values()), plugins)

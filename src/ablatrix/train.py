@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 import torch
@@ -43,14 +44,45 @@ class TrainingDiverged(AblatrixError):
     """The training loss stopped being a finite number."""
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float, torch.Tensor]:
+@dataclass(frozen=True)
+class Execution:
+    """How a run uses its device. Not part of the run's identity; stored in its record.
+
+    On CUDA the defaults are channels_last and autocast to bf16 (fp16 with a gradient scaler where
+    bf16 is unsupported): small CNNs are bound by memory traffic and kernel launches there, not
+    by arithmetic precision. On CPU everything stays fp32 and contiguous.
+    """
+
+    amp: str | None = None  # None, "bf16" or "fp16"
+    channels_last: bool = False
+    compile: bool = False
+
+    @staticmethod
+    def default_for(device: torch.device, compile: bool = False) -> "Execution":
+        if device.type != "cuda":
+            return Execution(compile=compile)
+        return Execution("bf16" if torch.cuda.is_bf16_supported() else "fp16", True, compile)
+
+    def autocast(self, device: torch.device) -> torch.autocast:
+        dtype = torch.bfloat16 if self.amp == "bf16" else torch.float16
+        return torch.autocast(device.type, dtype=dtype, enabled=self.amp is not None)
+
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+
+PLAIN = Execution()
+
+
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution = PLAIN
+             ) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and predicted labels, in large batches without autograd."""
     model.eval()
     loss = torch.zeros((), device=x.device)
     preds = []
-    with torch.inference_mode():
+    with torch.inference_mode(), execution.autocast(x.device):
         for start in range(0, len(x), EVAL_BATCH):
-            logits = model(x[start:start + EVAL_BATCH])
+            logits = model(execution.layout(x[start:start + EVAL_BATCH])).float()
             loss += nn.functional.cross_entropy(logits, y[start:start + EVAL_BATCH], reduction="sum")
             preds.append(logits.argmax(1))
     pred = torch.cat(preds)
@@ -70,16 +102,20 @@ def classification_metrics(loss: float, accuracy: float, pred: torch.Tensor, y: 
             "confusion": confusion.tolist()}
 
 
-def fit(config: RunConfig, data: Splits, device: torch.device,
+def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
         on_epoch: Callable[[dict[str, float]], None] = lambda row: None
         ) -> tuple[nn.Module, list[dict[str, float]], int]:
     """Train with early stopping on validation loss; return the model, its history and best epoch."""
     cfg = config.train
-    torch.manual_seed(config.seed)  # initialisation and dropout masks
+    torch.manual_seed(config.seed)  # initialisation, dropout masks, augmentation
     batch_order = torch.Generator().manual_seed(config.seed)
     model = create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
                          **config.model.params).to(device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     optimizer = OPTIMIZERS.lookup(cfg.optimizer)(model.parameters(), cfg)
+    step_model = torch.compile(model) if execution.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
     augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
     weight = None
     if cfg.class_weighted:  # inverse frequency, scaled so a balanced set gets weight 1 everywhere
@@ -99,18 +135,20 @@ def fit(config: RunConfig, data: Splits, device: torch.device,
         correct = torch.zeros((), device=device, dtype=torch.long)
         for start in range(0, n_used, cfg.batch_size):
             idx = order[start:min(start + cfg.batch_size, n_used)]
-            x, y = augment(data.train_x[idx]), data.train_y[idx]
-            logits = model(x)
-            loss = nn.functional.cross_entropy(logits, y, weight=weight)
+            x, y = execution.layout(augment(data.train_x[idx])), data.train_y[idx]
+            with execution.autocast(device):
+                logits = step_model(x).float()
+                loss = nn.functional.cross_entropy(logits, y, weight=weight)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
-        train_loss = loss_sum.item() / n_used
+        train_loss = loss_sum.item() / n_used  # the epoch's only host synchronisation
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc, _ = evaluate(model, data.val_x, data.val_y)
+        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "seconds": time.perf_counter() - started}
@@ -123,14 +161,14 @@ def fit(config: RunConfig, data: Splits, device: torch.device,
             break
     if cfg.restore_best and best_state is not None:
         model.load_state_dict(best_state)
-    return model, history, best_epoch
+    return step_model, history, best_epoch
 
 
-def train_run(config: RunConfig, data: Splits, device: torch.device,
+def train_run(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
               on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
-    model, history, best_epoch = fit(config, data, device, on_epoch)
-    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y)
+    model, history, best_epoch = fit(config, data, device, execution, on_epoch)
+    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
     return {"params": sum(p.numel() for p in model.parameters()),
             "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),
             "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)}
