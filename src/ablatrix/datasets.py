@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from pandas.compat.pickle_compat import Unpickler as PandasUnpickler
 
 from .data import Labelled, register_dataset, stratified_mask
 from .errors import AblatrixError
@@ -131,19 +130,22 @@ WAFER_CLASSES = ("Center", "Donut", "Edge-Loc", "Edge-Ring", "Loc", "Near-full",
 WAFER_SHAPE = (53, 52)  # the source study's input size
 
 
-class _LegacyPandasUnpickler(PandasUnpickler):
-    """pandas' own compat unpickler (moved classes such as Int64Index), plus the module path of
-    pandas < 0.20, `pandas.indexes`, which LSWMD.pkl (2018) refers to and pandas no longer maps."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "pandas.indexes" or module.startswith("pandas.indexes."):
-            module = "pandas.core.indexes" + module[len("pandas.indexes"):]
-        return super().find_class(module, name)
-
-
 def read_legacy_pickle(path: Path) -> Any:
+    """Read a pickle from pandas < 0.20, such as LSWMD.pkl (2018).
+
+    pandas' own compat unpickler maps classes it moved since (Int64Index, ...), but not the old
+    module path of the index classes, `pandas.indexes`; this one renames that path first.
+    """
+    from pandas.compat.pickle_compat import Unpickler as PandasUnpickler
+
+    class LegacyUnpickler(PandasUnpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            if module == "pandas.indexes" or module.startswith("pandas.indexes."):
+                module = "pandas.core.indexes" + module[len("pandas.indexes"):]
+            return super().find_class(module, name)
+
     with open(path, "rb") as f:
-        return _LegacyPandasUnpickler(f, encoding="latin1").load()
+        return LegacyUnpickler(f, encoding="latin1").load()
 
 
 def _failure_label(value: Any) -> str | None:

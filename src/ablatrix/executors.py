@@ -147,7 +147,7 @@ def _work(cell: Cell, store: ResultStore, options: RunOptions) -> dict[str, Any]
 def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> int:
     """Cells in `options.workers` spawned processes, each with its own device and thread share."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-    devices = ctx.Manager().Queue()
+    devices = ctx.Queue()  # handed to each worker as it starts
     if options.device.type == "cuda" and options.device.index is None:
         gpus = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
     else:

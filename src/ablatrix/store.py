@@ -65,7 +65,10 @@ def _code_revision() -> str:
         rev = None
     if rev is not None and rev.returncode == 0:
         return f"git:{rev.stdout.strip()}"
-    return f"ablatrix=={metadata.version('ablatrix')}"
+    try:
+        return f"ablatrix=={metadata.version('ablatrix')}"
+    except metadata.PackageNotFoundError:  # run from a source tree that is neither installed nor git
+        return "unknown"
 
 
 def _cpu_name() -> str:

@@ -107,6 +107,8 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
         ) -> tuple[nn.Module, list[dict[str, float]], int]:
     """Train with early stopping on validation loss; return the model, its history and best epoch."""
     cfg = config.train
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv kernels once
     torch.manual_seed(config.seed)  # initialisation, dropout masks, augmentation
     batch_order = torch.Generator().manual_seed(config.seed)
     model = create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,

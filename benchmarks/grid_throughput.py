@@ -1,0 +1,53 @@
+"""The quickstart grid with 1 and with N worker processes (CPU), or 1 and N runs per GPU (CUDA).
+
+    python benchmarks/grid_throughput.py [--device cpu|cuda] [--workers 2]
+
+Prints cells per hour for each, last line a JSON object with `speedup_<N>_workers`.
+Results go to a temporary folder; nothing under results/ is touched.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from ablatrix.data import data_root
+from ablatrix.executors import RunOptions, available_cores, run_grids
+from ablatrix.spec import load_grid
+from ablatrix.train import Execution
+
+GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"
+
+
+def cells_per_hour(workers: int, device: torch.device) -> tuple[float, int]:
+    grid = load_grid(GRID)
+    options = RunOptions(device, data_root(), Execution.default_for(device), workers)
+    with tempfile.TemporaryDirectory() as results:
+        start = time.perf_counter()
+        summary = run_grids([grid], Path(results), options)
+        seconds = time.perf_counter() - start
+    assert summary.failed == 0, "a cell failed"
+    return 3600 * len(grid.cells) / seconds, len(grid.cells)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    one, cells = cells_per_hour(1, device)
+    many, _ = cells_per_hour(args.workers, device)
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{available_cores()} CPU cores"
+    print(f"quickstart grid, {cells} cells, {device} ({where}), torch {torch.__version__}")
+    print(f"1 worker: {one:,.0f} cells/hour; {args.workers} workers: {many:,.0f} cells/hour")
+    print(json.dumps({f"speedup_{args.workers}_workers": round(many / one, 3),
+                      "cells_per_hour_1": round(one), f"cells_per_hour_{args.workers}": round(many)}))
+
+
+if __name__ == "__main__":
+    main()
