@@ -58,7 +58,7 @@ def test_tidy_csv_contract(grid, tmp_path):
     write_report([grid], tmp_path)
     runs = pd.read_csv(tmp_path / "tiny" / "runs.csv")
     assert list(runs.columns) == ["run_id", "variant", "dataset", "seed", "model.batchnorm", "params",
-                                  "epochs_trained", "best_epoch", "test_accuracy", "test_loss",
+                                  "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy", "test_loss",
                                   "wall_seconds", "status"]
     assert runs.set_index("run_id").loc[cells[True, 1].run_id, "test_accuracy"] == pytest.approx(29 / 36)
     per_class = pd.read_csv(tmp_path / "tiny" / "per_class.csv")

@@ -64,7 +64,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     for fmt in formats:
         if fmt not in FORMATS:
             raise AblatrixError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    print(f"wrote {write_report(_grids(args), args.results, formats)}")
+    print(f"wrote {write_report(_grids(args), args.results, formats, args.data_dir)}")
     return 0
 
 
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "report":
             verb.add_argument("--format", default="md", metavar="md,tex,csv",
                               help="table formats besides REPORT.md's Markdown (default: md)")
+            verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
         if name == "run":
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

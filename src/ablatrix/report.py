@@ -17,14 +17,15 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import figures
-from .data import DATASETS
-from .spec import Grid
+from .data import DATASETS, data_root
+from .errors import AblatrixError
+from .spec import Grid, cell_facts
 from .stats import CONFIDENCE, mark_best, paired_deltas, summarize, summarize_deltas
 from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
-METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "test_accuracy", "test_loss",
-                  "wall_seconds", "status")
+METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy",
+                  "test_loss", "wall_seconds", "status")
 FORMATS = ("md", "tex", "csv")
 
 
@@ -45,6 +46,8 @@ def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
             "params": cell.params,
             "epochs_trained": record["epochs_trained"] if done else None,
             "best_epoch": record["best_epoch"] if done else None,
+            "val_accuracy": record["history"][record["best_epoch"] - 1]["val_accuracy"]
+            if done and record["best_epoch"] else None,
             "test_accuracy": record["test"]["accuracy"] if done else None,
             "test_loss": record["test"]["loss"] if done else None,
             "wall_seconds": record["wall_seconds"] if record else None,
@@ -168,6 +171,33 @@ def cost_table(res: Results) -> pd.DataFrame:
                          "seconds_total": grouped["wall_seconds"].sum()}).reset_index()
 
 
+def reference_table(res: Results) -> pd.DataFrame:
+    """Each published number beside ours (%, mean ± std over the matching finished runs)."""
+    rows = []
+    for grid in res.grids:
+        for ref in grid.references:
+            ids = {c.run_id for c in grid.cells if ref.matches(cell_facts(c))}
+            ours = 100 * res.done.loc[res.done["run_id"].isin(ids), ref.metric]
+            rows.append({"source": ref.source, "cells": " ".join(f"{k}={v}" for k, v in ref.match.items()),
+                         "metric": ref.metric, "published": ref.value, "ours": ours.mean(),
+                         "std": ours.std(), "n": len(ours), "ours − published": ours.mean() - ref.value})
+    return pd.DataFrame(rows, columns=["source", "cells", "metric", "published", "ours", "std", "n",
+                                       "ours − published"])
+
+
+def unavailable_data(grids: Sequence[Grid], done: pd.DataFrame, root: Path) -> dict[str, str]:
+    """Datasets of the grids with no finished run whose files are not there: the loader's message."""
+    missing = {}
+    for dataset in dict.fromkeys(d for g in grids for d in g.datasets):
+        if dataset in set(done["dataset"]):
+            continue
+        try:
+            DATASETS[dataset].load(root)
+        except AblatrixError as exc:
+            missing[dataset] = str(exc)
+    return missing
+
+
 def _fmt(x: Any) -> str:
     """Measurements to 2 decimals (no '-0.00'), NaN as blank, anything else as is."""
     if isinstance(x, float) and math.isnan(x):
@@ -242,10 +272,12 @@ def report_dir(grids: Sequence[Grid], results: Path) -> Path:
     return Path(results) / "+".join(g.name for g in grids)
 
 
-def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = ("md",)) -> Path:
+def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = ("md",),
+                 data_dir: Path | None = None) -> Path:
     """Rewrite the tables, figures and REPORT.md of `grids` from their stored records alone."""
     res = collect(grids, results)
     out = report_dir(grids, results)
+    missing = unavailable_data(grids, res.done, data_root(data_dir))
     counts = res.runs["status"].value_counts()
     paths = " ".join(g.path.as_posix() for g in grids)
     datasets = list(dict.fromkeys(res.runs["dataset"]))
@@ -261,6 +293,23 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     lines += [f"- statistics: mean ± sample std over seeds; {CONFIDENCE:.0%} CI is the Student-t "
               "interval of the mean; paired differences match dataset, seed and every other factor; "
               "figure bands and bars are ± 1 std over seeds", ""]
+    if missing:
+        lines += ["## Data not available here", "",
+                  "No run of these datasets was made, because their files are not on this machine. "
+                  f"To run them: put the files where the message says (or `ablatrix fetch NAME`), "
+                  f"then `ablatrix run {paths}` and `ablatrix report {paths}`.", ""]
+        lines += [f"- `{name}`: {message}" for name, message in missing.items()] + [""]
+    references = reference_table(res)
+    if len(references):
+        shown = references.assign(**{
+            "published %": references["published"].map(lambda v: f"{v:.2f}"),
+            "ours %": [f"{m:.2f} ± {s:.2f} (n={n})" if n > 1 else f"{m:.2f} (n=1)" if n else "not run"
+                       for m, s, n in zip(references["ours"], references["std"], references["n"])],
+            "ours − published (pp)": references["ours − published"].map(
+                lambda v: "" if math.isnan(v) else f"{v:+.2f}")})
+        lines += ["## Published results beside ours", "",
+                  render(shown[["source", "cells", "metric", "published %", "ours %", "ours − published (pp)"]],
+                         "md", ["source", "cells", "metric"]), ""]
     if res.done.empty:
         atomic_write_text(out / "REPORT.md", "\n".join(lines + ["No finished runs yet."]) + "\n")
         return out / "REPORT.md"

@@ -30,7 +30,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 GRID_KEYS = ("name", "description", "datasets", "seeds", "plugins", "train", "model", "axes",
-             "variants", "exclude")
+             "variants", "exclude", "references")
+METRICS = ("test_accuracy", "val_accuracy")  # what a published reference number is compared with
 VARIANT_KEYS = ("description", "model", "train")
 DEFAULT_MODEL = "convnet"
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -56,6 +57,19 @@ class Cell:
 
 
 @dataclass(frozen=True)
+class Reference:
+    """A published number (in %) for the cells matching `match` (variant, dataset, axis values)."""
+
+    match: dict[str, Any]
+    metric: str
+    value: float
+    source: str
+
+    def matches(self, facts: dict[str, Any]) -> bool:
+        return all(facts.get(k) == v for k, v in self.match.items())
+
+
+@dataclass(frozen=True)
 class Grid:
     name: str
     path: Path
@@ -66,6 +80,7 @@ class Grid:
     variants: tuple[str, ...]
     cells: tuple[Cell, ...]
     plugins: tuple[str, ...]  # resolved; worker processes import them too
+    references: tuple[Reference, ...] = ()
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -252,6 +267,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             if key not in ("variant", "dataset", "seed", *axes):
                 _fail(where, f"exclude[{i}]: {key} is neither variant, dataset, seed nor an axis")
 
+    references = _references(doc.get("references", []), axes, where)
+
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     resolved = {}
     for vname, table in variants.items():
@@ -303,5 +320,31 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             _fail(where, f"exclude[{r}] = {exclude[r]!r} matches no cell")
     if not cells:
         _fail(where, "every cell is excluded")
+    for i, ref in enumerate(references):
+        if not any(ref.matches(cell_facts(c)) for c in cells.values()):
+            _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()), plugins)
+                tuple(cells.values()), plugins, references)
+
+
+def cell_facts(cell: Cell) -> dict[str, Any]:
+    """What exclusions and references match on."""
+    return {"variant": cell.variant, "dataset": cell.config.dataset, "seed": cell.config.seed, **cell.axes}
+
+
+def _references(tables: Any, axes: dict[str, Any], where: str) -> tuple[Reference, ...]:
+    if not (isinstance(tables, list) and all(isinstance(t, dict) for t in tables)):
+        _fail(where, "references: expected [[references]] tables")
+    references = []
+    for i, table in enumerate(tables):
+        flat = _flatten(table)
+        value, metric, source = flat.pop("value", None), flat.pop("metric", "test_accuracy"), flat.pop("source", "")
+        if not _type_ok(value, float):
+            _fail(where, f"references[{i}].value = {value!r} is not allowed; expected a number (percent)")
+        if metric not in METRICS:
+            _fail(where, f"references[{i}].metric = {metric!r}; choose from: {', '.join(METRICS)}")
+        for key in flat:
+            if key not in ("variant", "dataset", *axes):
+                _fail(where, f"references[{i}]: {key} is neither variant, dataset, an axis, value, metric nor source")
+        references.append(Reference(flat, metric, float(value), str(source)))
+    return tuple(references)
