@@ -177,3 +177,22 @@ def test_report_cli_rejects_unknown_format(grid, tmp_path, capsys):
     """--format lists the valid choices."""
     assert main(["report", str(grid.path), "--results", str(tmp_path), "--format", "md,xlsx"]) == 2
     assert "--format 'xlsx': choose from md, tex, csv" in capsys.readouterr().err
+
+
+def test_published_numbers_beside_ours(write_grid, tmp_path):
+    """A [[references]] entry shows the published value, our mean over matching runs, and the gap."""
+    grid = load_grid(write_grid(TINY_GRID + '\n[[references]]\nmodel.batchnorm = true\nvalue = 80.0\nsource = "paper X"\n'))
+    store_runs(grid, tmp_path, FULL)
+    report = write_report([grid], tmp_path).read_text()
+    section = report.split("## Published results beside ours")[1].split("##")[0]
+    mean = 100 * (32 + 29) / 2 / 36
+    assert "paper X" in section and "80.00" in section
+    assert f"{mean:.2f} ± " in section and f"{mean - 80:+.2f}" in section
+
+
+def test_missing_data_is_explained_in_the_report(write_grid, tmp_path):
+    """A dataset with no runs and no files gets a 'Data not available' section with the loader's message."""
+    grid = load_grid(write_grid(TINY_GRID.replace('["digits"]', '["digits", "cifar10"]')))
+    report = write_report([grid], tmp_path, data_dir=tmp_path / "no-data").read_text()
+    assert "## Data not available here" in report
+    assert "dataset 'cifar10' not found: expected data_batch_1" in report

@@ -1,6 +1,8 @@
 """Grid files: expansion into cells, run identity, overrides, plugins, and every kind of bad input."""
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ablatrix.errors import AblatrixError
@@ -180,3 +182,32 @@ def test_plugin_module_registers_a_model_whose_params_are_axes(write_grid, tmp_p
         assert {c.config.model.name for c in grid.cells} == {"plugin-mlp"}
     finally:
         del MODELS["plugin-mlp"]
+
+
+REFERENCED = TINY_GRID + """
+[[references]]
+dataset = "digits"
+model.batchnorm = true
+value = 98.5
+source = "a paper"
+"""
+
+
+@pytest.mark.parametrize("text, message", [
+    (REFERENCED.replace("value = 98.5", 'value = "high"'), "references[0].value = 'high' is not allowed"),
+    (REFERENCED.replace('source = "a paper"', 'metric = "f1"'), "references[0].metric = 'f1'; choose from: test_accuracy, val_accuracy"),
+    (REFERENCED.replace("model.batchnorm = true\nvalue", "model.width = 3\nvalue"), "references[0]: model.width is neither"),
+    (REFERENCED.replace('dataset = "digits"', 'variant = "nope"'), "references[0] matches no cell"),
+])
+def test_bad_reference_is_rejected(write_grid, text, message):
+    """Published reference numbers are checked like every other field."""
+    with pytest.raises(AblatrixError, match=re.escape(message)):
+        load_grid(write_grid(text))
+
+
+def test_reference_for_a_dataset_left_out_by_set_is_allowed(write_grid):
+    """--set datasets=[...] may drop the dataset a reference names; the reference then has no runs."""
+    text = REFERENCED.replace('dataset = "digits"', 'dataset = "mnist"').replace('["digits"]', '["digits", "mnist"]')
+    grid = load_grid(write_grid(text), ['datasets=["digits"]'])
+    assert grid.references[0].match == {"dataset": "mnist", "model.batchnorm": True}
+    assert grid.references[0].value == 98.5 and grid.references[0].metric == "test_accuracy"

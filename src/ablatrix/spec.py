@@ -321,7 +321,9 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     if not cells:
         _fail(where, "every cell is excluded")
     for i, ref in enumerate(references):
-        if not any(ref.matches(cell_facts(c)) for c in cells.values()):
+        # A reference for a dataset left out (e.g. by --set datasets=...) simply has no runs.
+        if ref.match.get("dataset", datasets[0]) in datasets and not any(
+                ref.matches(cell_facts(c)) for c in cells.values()):
             _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
                 tuple(cells.values()), plugins, references)
