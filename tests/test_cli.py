@@ -77,16 +77,19 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
 
 
 @pytest.mark.slow
-def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path):
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, workers):
     """SIGINT to a real `ablatrix run` exits 130 with a message; every saved record is complete."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
     runs_dir = tmp_path / "res" / "tiny" / "runs"
-    cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res")]
-    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"),
+           "--workers", workers]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True)  # its own process group, as a terminal gives it
     deadline = time.monotonic() + 120
     while not list(runs_dir.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    proc.send_signal(signal.SIGINT)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, workers included
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "interrupted; every finished run is saved" in err
