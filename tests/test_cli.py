@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import signal
 import subprocess
@@ -25,11 +26,11 @@ def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
     assert not results.exists()
 
     assert main(["run", str(grid), "--results", str(results), "--device", "cpu"]) == 0
-    assert "trained 4, failed 0, already done 0" in capsys.readouterr().out
+    assert "trained 4, failed 0, already done 0, by another runner 0" in capsys.readouterr().out
     assert len(list((results / "tiny" / "runs").glob("*.json"))) == 4
 
     assert main(["run", str(grid), "--results", str(results)]) == 0
-    assert "trained 0, failed 0, already done 4" in capsys.readouterr().out
+    assert "trained 0, failed 0, already done 4, by another runner 0" in capsys.readouterr().out
 
     assert main(["report", str(grid), "--results", str(results)]) == 0
     runs = pd.read_csv(results / "tiny" / "runs.csv")
@@ -46,7 +47,7 @@ def test_set_override_trains_new_cells(write_grid, tmp_path, capsys):
     assert main(["run", str(grid), "--results", str(results), "--set", "seeds=[0]"]) == 0
     assert main(["run", str(grid), "--results", str(results), "--set", "seeds=[0]",
                  "--set", "train.epochs=1"]) == 0
-    assert "trained 2, failed 0, already done 0" in capsys.readouterr().out.splitlines()[-1]
+    assert "trained 2, failed 0, already done 0, by another runner 0" in capsys.readouterr().out.splitlines()[-1]
     epochs = sorted(json.loads(p.read_text())["epochs_trained"] for p in (results / "tiny" / "runs").glob("*.json"))
     assert epochs == [1, 1, 2, 2]
 
@@ -99,4 +100,54 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
-    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}" in done.stdout
+    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}," in done.stdout
+
+
+def runner(grid, results, *extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+@pytest.mark.slow
+def test_two_concurrent_runners_train_every_cell_once(write_grid, tmp_path):
+    """Two `ablatrix run` processes on one grid split the cells: each trained exactly once."""
+    grid = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2]").replace("epochs = 2", "epochs = 6"))
+    procs = [runner(grid, tmp_path / "res") for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0]
+    trained = [int(re.search(r"trained (\d+)", out).group(1)) for out in outs]
+    assert sum(trained) == 6, outs
+    records = [json.loads(p.read_text()) for p in (tmp_path / "res" / "tiny" / "runs").glob("*.json")]
+    assert len(records) == 6 and all(r["status"] == "done" for r in records)
+    assert not list((tmp_path / "res" / "tiny" / "runs").glob("*.lock"))
+
+
+@pytest.mark.slow
+def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, tmp_path):
+    """SIGKILL mid-grid: every stored record parses; its dead claim is taken over; all cells finish once."""
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
+    runs = tmp_path / "res" / "tiny" / "runs"
+    proc = runner(grid, tmp_path / "res")
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}  # no partial file
+    assert 1 <= len(saved) < 4 and list(runs.glob("*.lock"))  # killed while holding a claim
+    done = subprocess.run(proc.args, capture_output=True, text=True, timeout=300)
+    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}," in done.stdout
+    assert not list(runs.glob("*.lock")) and len(list(runs.glob("*.json"))) == 4
+
+
+def test_status_counts_cells_and_finds_runs_the_grid_no_longer_has(write_grid, tmp_path, capsys):
+    """status: done/failed/running/pending counts; after a grid edit, the old runs are listed as stale."""
+    grid = write_grid()
+    assert main(["run", str(grid), "--results", str(tmp_path), "--set", "seeds=[0]"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(grid), "--results", str(tmp_path)]) == 0
+    assert "tiny: 4 cells: 2 done, 0 failed, 0 running, 2 pending" in capsys.readouterr().out
+    grid.write_text(grid.read_text().replace("epochs = 2", "epochs = 3"))
+    assert main(["status", str(grid), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 done, 0 failed, 0 running, 4 pending" in out and "2 stored run(s) match no cell" in out

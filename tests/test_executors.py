@@ -54,7 +54,7 @@ def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, count
 
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, counting_train):
-    """An exception in one cell gives a `failed` record with the reason; the rest train; a rerun retries it."""
+    """An exception in one cell gives a `failed` record with the reason; the rest train; --retry-failed retries it."""
     calls, fail_on = counting_train
     grid = load_grid(write_grid())
     fail_on[1] = RuntimeError("CUDA out of memory (simulated)")
@@ -64,8 +64,11 @@ def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, coun
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: CUDA out of memory (simulated)"
     assert "Traceback" in record["traceback"]
-    assert [c.run_id for c, _ in pending([grid], tmp_path)] == [calls[0]]
-    assert run_grids([grid], tmp_path, OPTIONS).trained == 1
+    assert pending([grid], tmp_path) == []  # a failed cell is not retried by default...
+    assert run_grids([grid], tmp_path, OPTIONS).trained == 0
+    assert [c.run_id for c, _ in pending([grid], tmp_path, retry_failed=True)] == [calls[0]]
+    assert run_grids([grid], tmp_path, replace(OPTIONS, retry_failed=True)).trained == 1  # ...only on request
+    assert ResultStore(tmp_path, grid.name).get(calls[0])["status"] == "done"
 
 
 def test_record_describes_itself(write_grid, tmp_path):
@@ -130,3 +133,15 @@ def test_workers_import_the_grids_plugins(write_grid, tmp_path):
                                 'seeds = [0, 1]\n[train]\nepochs = 1\n[model]\nname = "worker-mlp"\n'))
     summary = run_grids([grid], tmp_path / "res", replace(OPTIONS, workers=2))
     assert (summary.trained, summary.failed) == (2, 0)
+
+
+def test_a_cell_claimed_by_a_live_runner_is_left_to_it(write_grid, tmp_path):
+    """A cell another live process has claimed is not trained; its claim stays; the rest train."""
+    grid = load_grid(write_grid())
+    store = ResultStore(tmp_path, grid.name)
+    taken = grid.cells[1].run_id
+    assert store.claim(taken)  # this test process plays the other runner
+    summary = run_grids([grid], tmp_path, OPTIONS)
+    assert (summary.trained, summary.elsewhere) == (3, 1)
+    assert store.get(taken) is None and store.claim_alive(taken)
+    assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]

@@ -1,12 +1,17 @@
 """The result store: atomic JSON records, and the provenance every record carries."""
 from __future__ import annotations
 
+import json
 import os
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
 
-from ablatrix.store import ResultStore, atomic_write_text, environment
+from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text, environment
 
 
 def test_put_get_records_round_trip(tmp_path):
@@ -39,3 +44,35 @@ def test_environment_describes_versions_device_and_code():
     assert env["versions"]["torch"] == torch.__version__.split("+")[0]
     assert env["device"] == "cpu" and env["device_name"]
     assert env["code_revision"].startswith(("git:", "ablatrix=="))
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_claims_are_exclusive_and_released(tmp_path):
+    """A claim held by a live process (this one) blocks a second claim until it is released."""
+    store = ResultStore(tmp_path, "g")
+    assert store.claim("abc") and store.claim_alive("abc")
+    assert not store.claim("abc")
+    store.release("abc")
+    assert not store.claim_alive("abc") and store.claim("abc")
+
+
+@pytest.mark.parametrize("owner, age, taken_over", [
+    (lambda: {"host": socket.gethostname(), "pid": dead_pid()}, 0, True),  # SIGKILLed runner
+    (lambda: {"host": socket.gethostname(), "pid": os.getpid()}, 0, False),  # live runner
+    (lambda: {"host": "other-host", "pid": 1}, STALE_SECONDS + 60, True),  # silent remote runner
+    (lambda: {"host": "other-host", "pid": 1}, 5, False),  # remote runner with a recent heartbeat
+])
+def test_stale_claims_are_taken_over(tmp_path, owner, age, taken_over):
+    """A claim whose owner died, or whose remote owner stopped beating, is reclaimed."""
+    store = ResultStore(tmp_path, "g")
+    store.runs_dir.mkdir(parents=True)
+    lock = store.lock_path("abc")
+    lock.write_text(json.dumps({**owner(), "since": 0}))
+    os.utime(lock, (time.time() - age, time.time() - age))
+    assert store.claim("abc") is taken_over

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -11,7 +13,7 @@ from tabulate import tabulate
 
 from .errors import AblatrixError
 from .data import DATASETS, data_root
-from .executors import EXECUTORS, RunOptions, resolve_device, run_grids
+from .executors import EXECUTORS, RunOptions, cell_status, resolve_device, run_grids
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
@@ -53,10 +55,23 @@ def cmd_run(args: argparse.Namespace) -> int:
     execution = Execution(compile=args.compile) if args.fp32 else Execution.default_for(device, args.compile)
     options = RunOptions(device, data_root(args.data_dir), execution,
                          workers=args.workers if device.type == "cpu" else args.runs_per_gpu * gpus)
-    summary = run_grids(grids, args.results, options, args.executor)
-    print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}; "
-          f"records in {args.results}")
+    summary = run_grids(grids, args.results, replace(options, retry_failed=args.retry_failed), args.executor)
+    print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
+          f"by another runner {summary.elsewhere}; records in {args.results}")
     return 1 if summary.failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    for grid in _grids(args):
+        store = ResultStore(args.results, grid.name)
+        counts = Counter(cell_status(cell, store) for cell in grid.cells)
+        print(f"{grid.name}: {len(grid.cells)} cells: " +
+              ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
+        ids = {cell.run_id for cell in grid.cells}
+        stale = [run_id for run_id in store.records() if run_id not in ids]
+        if stale:
+            print(f"  {len(stale)} stored run(s) match no cell of the grid (it changed): {', '.join(stale)}")
+    return 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -95,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ablatrix", description=__doc__)
     verbs = parser.add_subparsers(dest="verb", required=True)
     for name, func, text in (("list", cmd_list, "show every cell of the grids; trains nothing"),
+                             ("status", cmd_status, "count done, failed, running and pending cells"),
                              ("run", cmd_run, "train every cell that has no finished record"),
                              ("report", cmd_report, "rewrite tables and REPORT.md from stored runs")):
         verb = verbs.add_parser(name, help=text, description=text)
@@ -116,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CPU: train N cells at once in N processes (default 1)")
             verb.add_argument("--runs-per-gpu", type=int, default=1,
                               help="CUDA: train N cells at once on each GPU (default 1)")
+            verb.add_argument("--retry-failed", action="store_true",
+                              help="train cells whose stored record says failed again")
             verb.add_argument("--fp32", action="store_true",
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")

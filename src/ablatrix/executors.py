@@ -1,7 +1,8 @@
 """Executors train the cells that have no finished record and store one record per cell.
 
 A record is written only when its cell ends (done or failed), atomically, so Ctrl-C or a crash
-loses at most the cells in progress and the next `run` trains only what is missing.
+loses at most the cells in progress and the next `run` trains only what is missing. A cell is
+claimed before it trains, so concurrent runners on one results folder never train it twice.
 
 The `local` executor runs cells one after another, or in `workers` processes at once: on CPU
 each process gets cores/workers torch threads (small models scale better over processes than over
@@ -40,13 +41,15 @@ class RunOptions:
     execution: Execution = Execution()
     workers: int = 1
     plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
+    retry_failed: bool = False  # train cells whose record says `failed` again
 
 
 @dataclass(frozen=True)
 class Summary:
     trained: int
     failed: int
-    skipped: int
+    skipped: int  # finished before this run (or failed, without --retry-failed)
+    elsewhere: int = 0  # claimed by another runner, or finished by one while this run went on
 
 
 Todo = list[tuple[Cell, ResultStore]]
@@ -73,16 +76,24 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def pending(grids: Sequence[Grid], results: Path) -> Todo:
-    """Cells without a finished record; failed cells are tried again."""
+def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) -> Todo:
+    """Cells without a record; with `retry_failed`, also those whose record says `failed`."""
     todo = []
     for grid in grids:
         store = ResultStore(results, grid.name)
         for cell in grid.cells:
             record = store.get(cell.run_id)
-            if record is None or record["status"] != "done":
+            if record is None or (retry_failed and record["status"] == "failed"):
                 todo.append((cell, store))
     return todo
+
+
+def cell_status(cell: Cell, store: ResultStore) -> str:
+    """done | failed (from the record) | running (claimed by a live process) | pending."""
+    record = store.get(cell.run_id)
+    if record is not None:
+        return record["status"]
+    return "running" if store.claim_alive(cell.run_id) else "pending"
 
 
 def run_cell(cell: Cell, options: RunOptions,
@@ -108,24 +119,40 @@ def run_cell(cell: Cell, options: RunOptions,
     return record
 
 
-def _report(record: dict[str, Any], cell: Cell, bar: tqdm) -> int:
-    """Advance the bar; print and count a failure."""
-    bar.update()
-    if record["status"] == "done":
-        return 0
-    tqdm.write(f"failed: {cell.label()} ({record['error']})")
-    return 1
+def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
+                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> str:
+    """Claim, train and store one cell; return its status, or `elsewhere` if another runner has it.
+
+    Two runners (or workers) that list the same pending cell never both train it: the claim is
+    atomic, and a record that appeared since the cell was listed is respected.
+    """
+    if not store.claim(cell.run_id):
+        return "elsewhere"
+    try:
+        record = store.get(cell.run_id)
+        if record is not None and (record["status"] == "done" or not options.retry_failed):
+            return "elsewhere"
+
+        def beat(row: dict[str, float]) -> None:
+            store.heartbeat(cell.run_id)
+            on_epoch(row)
+        record = run_cell(cell, options, beat)
+        store.put(record)
+        if record["status"] != "done":
+            tqdm.write(f"failed: {cell.label()} ({record['error']})")
+        return record["status"]
+    finally:
+        store.release(cell.run_id)
 
 
-def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> int:
-    failed = 0
+def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
+    statuses = []
     for cell, store in todo:
         bar.set_description(cell.label())
-        record = run_cell(cell, options, lambda row: bar.set_postfix(
-            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
-        store.put(record)
-        failed += _report(record, cell, bar)
-    return failed
+        statuses.append(train_claimed(cell, store, options, lambda row: bar.set_postfix(
+            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}")))
+        bar.update()
+    return statuses
 
 
 _WORKER_DEVICE: torch.device | None = None
@@ -138,13 +165,11 @@ def _start_worker(plugins: tuple[str, ...], threads: int, devices: Any) -> None:
     _WORKER_DEVICE = torch.device(devices.get())
 
 
-def _work(cell: Cell, store: ResultStore, options: RunOptions) -> dict[str, Any]:
-    record = run_cell(cell, replace(options, device=_WORKER_DEVICE))
-    store.put(record)
-    return {"status": record["status"], "error": record.get("error")}
+def _work(cell: Cell, store: ResultStore, options: RunOptions) -> str:
+    return train_claimed(cell, store, replace(options, device=_WORKER_DEVICE))
 
 
-def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> int:
+def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     """Cells in `options.workers` spawned processes, each with its own device and thread share."""
     ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
     devices = ctx.Queue()  # handed to each worker as it starts
@@ -155,7 +180,7 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> int:
     for device in gpus:
         devices.put(device)
     threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
-    failed = 0
+    statuses = []
     pool = ProcessPoolExecutor(options.workers, ctx, _start_worker, (options.plugins, threads, devices))
     try:
         running: dict[Future, Cell] = {pool.submit(_work, cell, store, options): cell
@@ -163,17 +188,20 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> int:
         while running:
             done, _ = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                failed += _report(future.result(), running.pop(future), bar)
+                running.pop(future)
+                statuses.append(future.result())
+                bar.update()
     finally:  # on Ctrl-C: drop queued cells; running ones end with their processes
         pool.shutdown(wait=True, cancel_futures=True)
-    return failed
+    return statuses
 
 
 def run_local(todo: Todo, options: RunOptions) -> Summary:
     with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
         run = run_parallel if options.workers > 1 and len(todo) > 1 else run_sequential
-        failed = run(todo, options, bar)
-    return Summary(trained=len(todo) - failed, failed=failed, skipped=0)
+        statuses = run(todo, options, bar)
+    return Summary(trained=statuses.count("done"), failed=statuses.count("failed"), skipped=0,
+                   elsewhere=statuses.count("elsewhere"))
 
 
 EXECUTORS: Registry[Callable[[Todo, RunOptions], Summary]] = Registry("executor")
@@ -189,9 +217,9 @@ def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
     """
     run = EXECUTORS.lookup(executor)
     options = replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
-    todo = pending(grids, results)
+    todo = pending(grids, results, options.retry_failed)
     for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):
         DATASETS[dataset].load(options.data_root)
     summary = run(todo, options)
     total = sum(len(g.cells) for g in grids)
-    return Summary(summary.trained, summary.failed, skipped=total - len(todo))
+    return Summary(summary.trained, summary.failed, total - len(todo), summary.elsewhere)

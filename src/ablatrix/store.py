@@ -5,9 +5,11 @@ import functools
 import json
 import os
 import platform
+import socket
 import subprocess
 import sys
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -28,6 +30,9 @@ def atomic_write_text(path: Path, text: str) -> None:
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+STALE_SECONDS = 600  # a claim from another host with no heartbeat for this long is abandoned
 
 
 class ResultStore:
@@ -52,6 +57,53 @@ class ResultStore:
     def records(self) -> dict[str, dict[str, Any]]:
         return {p.stem: json.loads(p.read_text(encoding="utf-8"))
                 for p in sorted(self.runs_dir.glob("*.json"))}
+
+    # Claims: a cell being trained has <run id>.lock, created atomically (O_EXCL), holding the
+    # owner's host and pid. A claim whose owner died (same host, pid gone; or no heartbeat for
+    # STALE_SECONDS, for owners on other hosts) is taken over, so SIGKILL never blocks a cell.
+    def lock_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.lock"
+
+    def claim(self, run_id: str) -> bool:
+        """Take the cell for this process; False if a live process holds it."""
+        self.runs_dir.mkdir(parents=True, exist_ok=True)
+        owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
+        for _ in range(2):  # second try after clearing a stale claim
+            try:
+                fd = os.open(self.lock_path(run_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self.claim_alive(run_id):
+                    return False
+                self.lock_path(run_id).unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(owner)
+            return True
+        return False
+
+    def claim_alive(self, run_id: str) -> bool:
+        """Whether the claim on `run_id` exists and its owner is still alive."""
+        path = self.lock_path(run_id)
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8"))
+            age = time.time() - path.stat().st_mtime
+        except (FileNotFoundError, json.JSONDecodeError):  # gone, or being written this instant
+            return path.exists()
+        if owner["host"] != socket.gethostname():
+            return age < STALE_SECONDS
+        try:
+            os.kill(owner["pid"], 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # exists, owned by another user
+            pass
+        return True
+
+    def heartbeat(self, run_id: str) -> None:
+        self.lock_path(run_id).touch()
+
+    def release(self, run_id: str) -> None:
+        self.lock_path(run_id).unlink(missing_ok=True)
 
 
 @functools.cache
