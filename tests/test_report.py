@@ -40,12 +40,12 @@ def grid(write_grid):
     return load_grid(write_grid())  # batchnorm true/false x seeds 0, 1
 
 
-def store_runs(grid, results, accuracies: dict, statuses: dict = {}) -> dict:
+def store_runs(grid, results, accuracies: dict, statuses: dict | None = None) -> dict:
     """Write fabricated records for cells keyed (batchnorm, seed); return those cells."""
     cells = {(c.axes["model.batchnorm"], c.config.seed): c for c in grid.cells}
     store = ResultStore(results, grid.name)
     for key, acc in accuracies.items():
-        store.put(fabricate(cells[key], acc, statuses.get(key, "done")))
+        store.put(fabricate(cells[key], acc, (statuses or {}).get(key, "done")))
     return cells
 
 

@@ -138,6 +138,7 @@ def per_class_table(res: Results) -> pd.DataFrame:
 
 
 def varied(res: Results) -> list[str]:
+    """The factors that take more than one value among finished runs."""
     return [f for f in res.factors if res.done[f].nunique() > 1]
 
 
@@ -155,9 +156,11 @@ def delta_tables(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
     columns = ["factor", "comparison", "dataset"]
     if not overall:
         return pd.DataFrame(columns=columns), pd.DataFrame(columns=columns)
-    first = lambda frames: pd.concat(frames, ignore_index=True)  # noqa: E731
-    o, c = first(overall), first(per_class)
-    return o[columns + [k for k in o if k not in columns]], c[columns + [k for k in c if k not in columns]]
+
+    def factor_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
+        frame = pd.concat(frames, ignore_index=True)
+        return frame[columns + [k for k in frame if k not in columns]]
+    return factor_first(overall), factor_first(per_class)
 
 
 def cost_table(res: Results) -> pd.DataFrame:
@@ -247,7 +250,7 @@ def _deltas_md(deltas: pd.DataFrame) -> pd.DataFrame:
         "95% CI": [f"[{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else "" for lo, hi in
                    zip(deltas["ci_low"], deltas["ci_high"])],
         "pairs": deltas["n"],
-        "wins / ties / losses": [f"{w} / {t} / {l}" for w, t, l in
+        "wins / ties / losses": [f"{w} / {t} / {lost}" for w, t, lost in
                                  zip(deltas["wins"], deltas["ties"], deltas["losses"])]})
 
 
@@ -289,7 +292,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
     lines += [f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
     lines += _provenance(list(res.records.values())) if res.records else []
-    lines += [f"- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
+    lines += ["- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
     lines += [f"- statistics: mean ± sample std over seeds; {CONFIDENCE:.0%} CI is the Student-t "
               "interval of the mean; paired differences match dataset, seed and every other factor; "
               "figure bands and bars are ± 1 std over seeds", ""]
