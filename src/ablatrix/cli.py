@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 from typing import Sequence
 
@@ -54,8 +53,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     gpus = 1 if device.index is not None or device.type == "cpu" else torch.cuda.device_count()
     execution = Execution(compile=args.compile) if args.fp32 else Execution.default_for(device, args.compile)
     options = RunOptions(device, data_root(args.data_dir), execution,
-                         workers=args.workers if device.type == "cpu" else args.runs_per_gpu * gpus)
-    summary = run_grids(grids, args.results, replace(options, retry_failed=args.retry_failed), args.executor)
+                         workers=args.workers if device.type == "cpu" else args.runs_per_gpu * gpus,
+                         retry_failed=args.retry_failed)
+    summary = run_grids(grids, args.results, options, args.executor)
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
           f"by another runner {summary.elsewhere}; records in {args.results}")
     return 1 if summary.failed else 0

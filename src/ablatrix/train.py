@@ -147,7 +147,7 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
             scaler.update()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
-        train_loss = loss_sum.item() / n_used  # the epoch's only host synchronisation
+        train_loss = loss_sum.item() / n_used  # host syncs happen here, per epoch, never per step
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
         val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution)
