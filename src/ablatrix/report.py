@@ -19,7 +19,7 @@ from tabulate import tabulate
 from . import figures
 from .data import DATASETS, data_root
 from .errors import AblatrixError
-from .spec import Grid, cell_facts
+from .spec import Grid
 from .stats import CONFIDENCE, mark_best, paired_deltas, summarize, summarize_deltas
 from .store import ResultStore, atomic_write_text
 
@@ -179,7 +179,7 @@ def reference_table(res: Results) -> pd.DataFrame:
     rows = []
     for grid in res.grids:
         for ref in grid.references:
-            ids = {c.run_id for c in grid.cells if ref.matches(cell_facts(c))}
+            ids = {c.run_id for c in grid.cells if ref.matches(c.facts)}
             ours = 100 * res.done.loc[res.done["run_id"].isin(ids), ref.metric]
             rows.append({"source": ref.source, "cells": " ".join(f"{k}={v}" for k, v in ref.match.items()),
                          "metric": ref.metric, "published": ref.value, "ours": ours.mean(),

@@ -51,6 +51,10 @@ class Cell:
     def run_id(self) -> str:
         return self.config.run_id
 
+    @property
+    def facts(self) -> dict[str, Any]:
+        return cell_facts(self.variant, self.config.dataset, self.config.seed, self.axes)
+
     def label(self) -> str:
         settings = " ".join(f"{k.split('.')[-1]}={json.dumps(v)}" for k, v in self.axes.items())
         return f"{self.variant} {settings} {self.config.dataset} seed={self.config.seed}".replace("  ", " ")
@@ -66,7 +70,7 @@ class Reference:
     source: str
 
     def matches(self, facts: dict[str, Any]) -> bool:
-        return all(facts.get(k) == v for k, v in self.match.items())
+        return rule_matches(self.match, facts)
 
 
 @dataclass(frozen=True)
@@ -297,8 +301,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     used_rules = set()
     for seed, dataset, (vname, i) in itertools.product(seeds, datasets, resolved):
         context, train, model = resolved[vname, i]
-        facts = {"variant": vname, "dataset": dataset, "seed": seed, **combos[i]}
-        matched = [r for r, rule in enumerate(rules) if all(facts[k] == v for k, v in rule.items())]
+        facts = cell_facts(vname, dataset, seed, combos[i])
+        matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
         if matched:
             used_rules.update(matched)
             continue
@@ -323,15 +327,20 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     for i, ref in enumerate(references):
         # A reference for a dataset left out (e.g. by --set datasets=...) simply has no runs.
         if ref.match.get("dataset", datasets[0]) in datasets and not any(
-                ref.matches(cell_facts(c)) for c in cells.values()):
+                ref.matches(c.facts) for c in cells.values()):
             _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
                 tuple(cells.values()), plugins, references)
 
 
-def cell_facts(cell: Cell) -> dict[str, Any]:
-    """What exclusions and references match on."""
-    return {"variant": cell.variant, "dataset": cell.config.dataset, "seed": cell.config.seed, **cell.axes}
+def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:
+    """What `[[exclude]]` and `[[references]]` rules match on."""
+    return {"variant": variant, "dataset": dataset, "seed": seed, **axes}
+
+
+def rule_matches(rule: dict[str, Any], facts: dict[str, Any]) -> bool:
+    """A rule (flattened keys -> values) matches when every key it names has its value."""
+    return all(facts.get(k) == v for k, v in rule.items())
 
 
 def _references(tables: Any, axes: dict[str, Any], where: str) -> tuple[Reference, ...]:
