@@ -96,10 +96,10 @@ def _numeric(values: pd.Series) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def draw_all(res: Results, folder: Path) -> list[Figure]:
-    from .report import accuracy_table
+def draw_all(res: Results, accuracy: pd.DataFrame, folder: Path) -> list[Figure]:
+    """Every figure of the report; `accuracy` is the report's accuracy table (to find the best)."""
     sns.set_theme(style="whitegrid", context="paper")
-    table = _labelled(res, accuracy_table(res).dropna(subset=["mean"]))
+    table = _labelled(res, accuracy.dropna(subset=["mean"]))
     drawn = []
     for dataset in dict.fromkeys(res.done["dataset"]):
         rows = table[table["dataset"] == dataset]

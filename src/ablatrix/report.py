@@ -324,7 +324,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         for fmt in set(formats) - {"md"}:
             atomic_write_text(out / f"{name}.{fmt}", render(table, fmt, res.factors))
 
-    figs = figures.draw_all(res, out / "figures")
+    figs = figures.draw_all(res, tables["accuracy"], out / "figures")
     lines += ["## Test accuracy per configuration", "",
               "**Bold**: best mean per dataset; `tie`: mean inside the best's 95% CI.", "",
               render(_accuracy_md(tables["accuracy"], res.factors), "md", res.factors), ""]
