@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -12,7 +11,7 @@ from tabulate import tabulate
 
 from .errors import AblatrixError
 from .data import DATASETS, data_root
-from .executors import EXECUTORS, RunOptions, cell_status, resolve_device, run_grids
+from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
@@ -63,12 +62,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     for grid in _grids(args):
-        store = ResultStore(args.results, grid.name)
-        counts = Counter(cell_status(cell, store) for cell in grid.cells)
+        counts, stale = grid_status(grid, args.results)
         print(f"{grid.name}: {len(grid.cells)} cells: " +
               ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
-        ids = {cell.run_id for cell in grid.cells}
-        stale = [run_id for run_id in store.records() if run_id not in ids]
         if stale:
             print(f"  {len(stale)} stored run(s) match no cell of the grid (it changed): {', '.join(stale)}")
     return 0

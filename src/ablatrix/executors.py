@@ -15,6 +15,7 @@ import multiprocessing
 import os
 import time
 import traceback
+from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
@@ -88,12 +89,15 @@ def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) ->
     return todo
 
 
-def cell_status(cell: Cell, store: ResultStore) -> str:
-    """done | failed (from the record) | running (claimed by a live process) | pending."""
-    record = store.get(cell.run_id)
-    if record is not None:
-        return record["status"]
-    return "running" if store.claim_alive(cell.run_id) else "pending"
+def grid_status(grid: Grid, results: Path) -> tuple[Counter, list[str]]:
+    """Counts of done | failed (from records) | running (claimed by a live process) | pending
+    cells, and the stored run ids no cell of the grid has any more (the grid was edited)."""
+    store = ResultStore(results, grid.name)
+    records = store.records()
+    counts = Counter(records[c.run_id]["status"] if c.run_id in records
+                     else "running" if store.claim_alive(c.run_id) else "pending" for c in grid.cells)
+    ids = {cell.run_id for cell in grid.cells}
+    return counts, [run_id for run_id in records if run_id not in ids]
 
 
 def run_cell(cell: Cell, options: RunOptions,
