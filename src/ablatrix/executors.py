@@ -16,7 +16,7 @@ import os
 import time
 import traceback
 from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -187,12 +187,10 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     statuses = []
     pool = ProcessPoolExecutor(options.workers, ctx, _start_worker, (options.plugins, threads, devices))
     try:
-        running: dict[Future, Cell] = {pool.submit(_work, cell, store, options): cell
-                                       for cell, store in todo}
+        running = {pool.submit(_work, cell, store, options) for cell, store in todo}
         while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
-                running.pop(future)
                 statuses.append(future.result())
                 bar.update()
     finally:  # on Ctrl-C: drop queued cells; running ones end with their processes
