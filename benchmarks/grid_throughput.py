@@ -18,14 +18,13 @@ import torch
 from ablatrix.data import data_root
 from ablatrix.executors import RunOptions, available_cores, run_grids
 from ablatrix.spec import load_grid
-from ablatrix.train import Execution
 
 GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"
 
 
 def cells_per_hour(workers: int, device: torch.device) -> tuple[float, int]:
     grid = load_grid(GRID)
-    options = RunOptions(device, data_root(), Execution.default_for(device), workers)
+    options = RunOptions(device, data_root(), workers=workers)
     with tempfile.TemporaryDirectory() as results:
         start = time.perf_counter()
         summary = run_grids([grid], Path(results), options)

@@ -59,6 +59,10 @@ def test_set_override_trains_new_cells(write_grid, tmp_path, capsys):
     (["run"], 'name = "tiny"', "name = [", "malformed TOML"),
     (["run", "--set", "train.batch_size=0"], "", "", "train.batch_size = 0 is not allowed"),
     (["run", "--device", "tpu"], "", "", "--device 'tpu'"),
+    (["run", "--executor", "ray", "--workers", "2"], "", "", "--workers does not apply to --executor ray"),
+    (["run", "--gpus-per-run", "0.5"], "", "", "--gpus-per-run does not apply to --executor local"),
+    (["run", "--executor", "ray", "--gpus-per-run", "1.5"], "", "", "--gpus-per-run takes a share in (0, 1]"),
+    (["run", "--executor", "ray", "--cpus-per-run", "0"], "", "", "--cpus-per-run an integer >= 1"),
     (["list"], "epochs = 2", "epochz = 2", "unknown field train.epochz"),
     (["report"], "seeds = [0, 1]", "seeds = []", "seeds = [] is not allowed"),
 ])

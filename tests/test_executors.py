@@ -1,6 +1,7 @@
 """Executors: every cell trained once, interrupted grids resume, failures recorded not fatal."""
 from __future__ import annotations
 
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
+from ablatrix.report import write_report
 from ablatrix.executors import RunOptions, available_cores, pending, resolve_device, run_grids
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
@@ -145,3 +147,93 @@ def test_a_cell_claimed_by_a_live_runner_is_left_to_it(write_grid, tmp_path):
     assert (summary.trained, summary.elsewhere) == (3, 1)
     assert store.get(taken) is None and store.claim_alive(taken)
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]
+
+
+# --- the ray executor: each test starts (and stops) a real local Ray on the CPU ---------------
+
+RAY = replace(OPTIONS, executor="ray")
+
+FAULTY = """
+import os
+import torch
+from torch import nn
+from ablatrix import register_model
+
+
+@register_model("ray-faulty")
+class Faulty(nn.Module):
+    def __init__(self, input_shape, num_classes, *, fault: str = "none"):
+        super().__init__()
+        self.fault = fault
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(torch.Size(input_shape).numel(), num_classes))
+
+    def forward(self, x):
+        if self.training and self.fault == "exit":  # the worker process dies mid-training
+            os._exit(3)
+        out = self.net(x)
+        return out * float("nan") if self.training and self.fault == "nan" else out
+"""
+
+
+def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, tmp_path):
+    """On a local Ray (1 CPU per cell) every unclaimed cell trains once, with the sequential numbers."""
+    import ray
+    grid = load_grid(write_grid())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # each Ray task trains with cpus_per_run = 1 thread
+    try:
+        run_grids([grid], tmp_path / "one", OPTIONS)
+    finally:
+        torch.set_num_threads(threads)
+    store = ResultStore(tmp_path / "ray", grid.name)
+    taken = grid.cells[0].run_id
+    assert store.claim(taken)  # this test process plays another runner
+    summary = run_grids([grid], tmp_path / "ray", RAY)
+    assert (summary.trained, summary.failed, summary.elsewhere) == (3, 0, 1)
+    assert not ray.is_initialized()  # the Ray it started is shut down again
+    one, two = (ResultStore(tmp_path / d, grid.name).records() for d in ("one", "ray"))
+    assert sorted(two) == sorted(set(one) - {taken})
+    for run_id, record in two.items():
+        assert record["execution"]["executor"] == "ray" and record["torch_threads"] == 1
+        assert strip_timing(record) == strip_timing(one[run_id])
+    assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]  # its own claims released
+
+
+@pytest.fixture
+def faulty_grid(write_grid, tmp_path):
+    from ablatrix.models import MODELS
+    (tmp_path / "faulty.py").write_text(FAULTY)
+    yield load_grid(write_grid('name = "faulty"\nplugins = ["faulty.py"]\ndatasets = ["digits"]\n'
+                               'seeds = [0]\n[train]\nepochs = 1\n[model]\nname = "ray-faulty"\n'
+                               '[axes]\nmodel.fault = ["none", "nan", "exit"]\n'))
+    del MODELS["ray-faulty"]
+
+
+def test_ray_records_a_nan_loss_and_a_dead_worker_as_failed(faulty_grid, tmp_path):
+    """A NaN loss and a worker that dies each give a `failed` record with the reason; the grid goes on."""
+    summary = run_grids([faulty_grid], tmp_path, RAY)
+    assert (summary.trained, summary.failed) == (1, 2)
+    records = {r["axes"]["model.fault"]: r for r in ResultStore(tmp_path, "faulty").records().values()}
+    assert records["none"]["status"] == "done"
+    assert records["nan"]["status"] == "failed" and records["nan"]["error"].startswith("TrainingDiverged")
+    assert records["exit"]["status"] == "failed" and "Worker" in records["exit"]["error"]
+    assert records["exit"]["execution"]["executor"] == "ray"
+    report = write_report([faulty_grid], tmp_path).read_text()  # a lost worker's record has no device
+    assert f"`{records['exit']['run_id']}` base digits seed 0: WorkerCrashedError" in report
+
+
+def test_ray_refuses_a_gpu_share_the_cluster_lacks(write_grid, tmp_path):
+    """--gpus-per-run on a CPU-only Ray stops before any cell is claimed or trained."""
+    import ray
+    grid = load_grid(write_grid())
+    with pytest.raises(AblatrixError, match=r"--gpus-per-run 0.5: the largest node of the Ray cluster has 0 GPU"):
+        run_grids([grid], tmp_path, replace(RAY, device=torch.device("cuda"), gpus_per_run=0.5))
+    assert not ray.is_initialized()
+    assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.json"))
+
+
+def test_ray_executor_without_ray_says_how_to_install_it(write_grid, tmp_path, monkeypatch):
+    """Without the `ray` extra, --executor ray is a one-line error naming the install command."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
+    with pytest.raises(AblatrixError, match=r"pip install 'ablatrix\[ray\]'"):
+        run_grids([load_grid(write_grid())], tmp_path, RAY)

@@ -15,11 +15,10 @@ from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_g
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
-from .train import Execution
 
 
 def _grids(args: argparse.Namespace) -> list[Grid]:
-    grids = [load_grid(path, getattr(args, "set", None) or ()) for path in args.grids]
+    grids = [load_grid(path, args.set or ()) for path in args.grids]
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise AblatrixError(f"two grid files share the name {max(names, key=names.count)!r}; "
@@ -42,19 +41,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    grids = _grids(args)
+def _run_options(args: argparse.Namespace) -> RunOptions:
+    """Check the flags of `run` against each other and the executor, before anything starts."""
+    local_only = {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu}
+    ray_only = {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
+                "--cpus-per-run": args.cpus_per_run}
+    others = ray_only if args.executor == "local" else local_only
+    for flag, value in others.items():
+        if value is not None:
+            raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; "
+                                f"it takes {', '.join(local_only if args.executor == 'local' else ray_only)}")
+    common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile,
+                  executor=args.executor, retry_failed=args.retry_failed)
+    if args.executor == "ray":
+        gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
+        cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
+        if gpus < 0 or (gpus > 1 and not gpus.is_integer()) or cpus < 1:
+            raise AblatrixError("--gpus-per-run takes a share in (0, 1] or a whole number of GPUs; "
+                                "--cpus-per-run an integer >= 1")
+        return RunOptions(torch.device("cuda" if gpus else "cpu"), address=args.address,
+                          gpus_per_run=gpus, cpus_per_run=cpus, **common)
     device = resolve_device(args.device)
-    if args.workers < 1 or args.runs_per_gpu < 1:
+    workers = 1 if args.workers is None else args.workers
+    runs_per_gpu = 1 if args.runs_per_gpu is None else args.runs_per_gpu
+    if workers < 1 or runs_per_gpu < 1:
         raise AblatrixError("--workers and --runs-per-gpu take an integer >= 1")
-    if args.runs_per_gpu > 1 and device.type != "cuda":
+    if runs_per_gpu > 1 and device.type != "cuda":
         raise AblatrixError("--runs-per-gpu needs a CUDA device; on CPU use --workers N")
     gpus = 1 if device.index is not None or device.type == "cpu" else torch.cuda.device_count()
-    execution = Execution(compile=args.compile) if args.fp32 else Execution.default_for(device, args.compile)
-    options = RunOptions(device, data_root(args.data_dir), execution,
-                         workers=args.workers if device.type == "cpu" else args.runs_per_gpu * gpus,
-                         retry_failed=args.retry_failed)
-    summary = run_grids(grids, args.results, options, args.executor)
+    return RunOptions(device, workers=workers if device.type == "cpu" else runs_per_gpu * gpus, **common)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    grids = _grids(args)
+    summary = run_grids(grids, args.results, _run_options(args))
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
           f"by another runner {summary.elsewhere}; records in {args.results}")
     return 1 if summary.failed else 0
@@ -114,9 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("grids", nargs="+", type=Path, metavar="GRID", help="grid file (TOML)")
         verb.add_argument("--results", type=Path, default=Path("results"),
                           help="results folder (default: results)")
-        if name in ("list", "run"):
-            verb.add_argument("--set", action="append", metavar="KEY=VALUE",
-                              help="override a grid field, e.g. train.epochs=1 (repeatable)")
+        verb.add_argument("--set", action="append", metavar="KEY=VALUE",
+                          help="override a grid field, e.g. train.epochs=1 (repeatable)")
         if name == "report":
             verb.add_argument("--format", default="md", metavar="md,tex,csv",
                               help="table formats besides REPORT.md's Markdown (default: md)")
@@ -124,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-            verb.add_argument("--workers", type=int, default=1,
+            verb.add_argument("--workers", type=int,
                               help="CPU: train N cells at once in N processes (default 1)")
-            verb.add_argument("--runs-per-gpu", type=int, default=1,
+            verb.add_argument("--runs-per-gpu", type=int,
                               help="CUDA: train N cells at once on each GPU (default 1)")
             verb.add_argument("--retry-failed", action="store_true",
                               help="train cells whose stored record says failed again")
@@ -134,7 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")
             verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
-                              help="how cells are run (default: local)")
+                              help="local processes, or tasks on a Ray cluster (default: local)")
+            verb.add_argument("--address", help="ray: the cluster to join (default: start a local Ray)")
+            verb.add_argument("--gpus-per-run", type=float,
+                              help="ray: GPU share each cell asks for, e.g. 0.25 (default 0: CPU)")
+            verb.add_argument("--cpus-per-run", type=int,
+                              help="ray: CPUs each cell asks for, also its torch threads (default 1)")
     fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",
                              description="download datasets into the data folder, where possible")
     fetch.set_defaults(func=cmd_fetch)

@@ -37,12 +37,29 @@ from .train import Execution, train_run
 class RunOptions:
     """Where and how cells run; none of it is part of a run's identity (records store it)."""
 
-    device: torch.device
+    device: torch.device  # with the ray executor: the kind of device each task gets
     data_root: Path
-    execution: Execution = Execution()
-    workers: int = 1
+    fp32: bool = False  # CUDA: no mixed precision, no channels_last
+    compile: bool = False
+    executor: str = "local"
+    workers: int = 1  # local: cells at once, in that many processes
+    address: str | None = None  # ray: the cluster to join; None starts a local Ray
+    gpus_per_run: float = 0.0  # ray: GPU share each cell requests (0: CPU cells)
+    cpus_per_run: int = 1  # ray: CPUs each cell requests, and its torch threads
     plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
     retry_failed: bool = False  # train cells whose record says `failed` again
+
+    @property
+    def execution(self) -> Execution:
+        """Computed where the cell runs: a Ray driver without a GPU cannot ask about bf16."""
+        return Execution(compile=self.compile) if self.fp32 else Execution.default_for(self.device, self.compile)
+
+    def placement(self) -> dict[str, Any]:
+        """What a record says about how its cell was scheduled."""
+        if self.executor == "ray":
+            return {"executor": "ray", "address": self.address, "gpus_per_run": self.gpus_per_run,
+                    "cpus_per_run": self.cpus_per_run}
+        return {"executor": self.executor, "workers": self.workers}
 
 
 @dataclass(frozen=True)
@@ -100,22 +117,25 @@ def grid_status(grid: Grid, results: Path) -> tuple[Counter, list[str]]:
     return counts, [run_id for run_id in records if run_id not in ids]
 
 
+def cell_record(cell: Cell) -> dict[str, Any]:
+    """The part of a record that says which cell it is."""
+    return {"run_id": cell.run_id, "grid": cell.grid, "variant": cell.variant, "axes": cell.axes,
+            "dataset": cell.config.dataset, "seed": cell.config.seed, "config": cell.config.to_dict(),
+            "params": cell.params}
+
+
 def run_cell(cell: Cell, options: RunOptions,
              on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell and return its full record, status `done` or `failed` with the reason."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
-    record: dict[str, Any] = {
-        "run_id": cell.run_id, "grid": cell.grid, "variant": cell.variant, "axes": cell.axes,
-        "dataset": cell.config.dataset, "seed": cell.config.seed, "config": cell.config.to_dict(),
-        "params": cell.params, **environment(options.device),
-        "execution": {**asdict(options.execution), "workers": options.workers},
-        "started_at": started.isoformat()}
+    execution = options.execution
+    record = {**cell_record(cell), **environment(options.device),
+              "execution": {**asdict(execution), **options.placement()}, "started_at": started.isoformat()}
     try:
         data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
                            options.data_root)
-        record.update(train_run(cell.config, data, options.device, options.execution, on_epoch),
-                      status="done")
+        record.update(train_run(cell.config, data, options.device, execution, on_epoch), status="done")
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
@@ -123,28 +143,38 @@ def run_cell(cell: Cell, options: RunOptions,
     return record
 
 
-def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
-                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> str:
-    """Claim, train and store one cell; return its status, or `elsewhere` if another runner has it.
+def claim_pending(cell: Cell, store: ResultStore, retry_failed: bool) -> bool:
+    """Claim a cell that still needs training; False if another runner has it or finished it.
 
     Two runners (or workers) that list the same pending cell never both train it: the claim is
     atomic, and a record that appeared since the cell was listed is respected.
     """
     if not store.claim(cell.run_id):
+        return False
+    record = store.get(cell.run_id)
+    if record is not None and (record["status"] == "done" or not retry_failed):
+        store.release(cell.run_id)
+        return False
+    return True
+
+
+def store_record(cell: Cell, store: ResultStore, record: dict[str, Any]) -> str:
+    store.put(record)
+    if record["status"] != "done":
+        tqdm.write(f"failed: {cell.label()} ({record['error']})")
+    return record["status"]
+
+
+def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
+                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> str:
+    """Claim, train and store one cell; return its status, or `elsewhere` if another runner has it."""
+    if not claim_pending(cell, store, options.retry_failed):
         return "elsewhere"
     try:
-        record = store.get(cell.run_id)
-        if record is not None and (record["status"] == "done" or not options.retry_failed):
-            return "elsewhere"
-
         def beat(row: dict[str, float]) -> None:
             store.heartbeat(cell.run_id)
             on_epoch(row)
-        record = run_cell(cell, options, beat)
-        store.put(record)
-        if record["status"] != "done":
-            tqdm.write(f"failed: {cell.label()} ({record['error']})")
-        return record["status"]
+        return store_record(cell, store, run_cell(cell, options, beat))
     finally:
         store.release(cell.run_id)
 
@@ -206,18 +236,95 @@ def run_local(todo: Todo, options: RunOptions) -> Summary:
                    elsewhere=statuses.count("elsewhere"))
 
 
+HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well inside STALE_SECONDS
+
+
+def _ray_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
+    """One cell inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
+    import_plugins(options.plugins)  # Ray workers start with only the built-in registries
+    torch.set_num_threads(options.cpus_per_run)
+    return run_cell(cell, replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu")))
+
+
+def _largest_node(ray: Any, resource: str) -> float:
+    return max((node["Resources"].get(resource, 0) for node in ray.nodes() if node["Alive"]), default=0)
+
+
+def run_ray(todo: Todo, options: RunOptions) -> Summary:
+    """Each cell a Ray task asking for `cpus_per_run` CPUs and `gpus_per_run` of a GPU.
+
+    The driver claims each cell before submitting it, renews the claims while the tasks run, and
+    writes the records the tasks return into the store: workers need the data folder and the
+    grid's plugin files (same paths on every node), but not the results folder. A task whose
+    worker dies (killed for memory, node lost) is recorded as failed; Ray does not retry it, so
+    a cell that kills its worker is not tried again until `--retry-failed`.
+    """
+    try:
+        import ray
+    except ImportError:
+        raise AblatrixError("--executor ray needs Ray: pip install 'ablatrix[ray]'") from None
+    options = replace(options, data_root=options.data_root.resolve())  # workers have another cwd
+    started = not ray.is_initialized()
+    if started:
+        try:
+            ray.init(address=options.address, include_dashboard=False, logging_level="ERROR",
+                     configure_logging=False)
+        except (ConnectionError, ValueError, RuntimeError) as exc:
+            raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
+    running: dict[Any, tuple[Cell, ResultStore]] = {}
+    try:
+        for resource, need in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
+            have = _largest_node(ray, resource)
+            if need > have:
+                raise AblatrixError(f"--{resource.lower()}s-per-run {need:g}: the largest node of the "
+                                    f"Ray cluster has {have:g} {resource}(s)")
+        task = ray.remote(_ray_cell).options(num_cpus=options.cpus_per_run,
+                                             num_gpus=options.gpus_per_run, max_retries=0)
+        statuses = []
+        for cell, store in todo:
+            if claim_pending(cell, store, options.retry_failed):
+                running[task.remote(cell, options)] = (cell, store)
+            else:
+                statuses.append("elsewhere")
+        with tqdm(total=len(todo), initial=len(statuses), unit="run", disable=None,
+                  dynamic_ncols=True) as bar:
+            while running:
+                done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
+                for ref in done:
+                    cell, store = running.pop(ref)
+                    try:
+                        record = ray.get(ref)
+                    except ray.exceptions.RayError as exc:  # the worker died: no environment to record
+                        record = {**cell_record(cell), "status": "failed", "execution": options.placement(),
+                                  "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                  "traceback": str(exc), "wall_seconds": None}
+                    statuses.append(store_record(cell, store, record))
+                    store.release(cell.run_id)
+                    bar.update()
+                for cell, store in running.values():
+                    store.heartbeat(cell.run_id)
+    finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
+        for ref, (cell, store) in running.items():
+            ray.cancel(ref, force=True)
+            store.release(cell.run_id)
+        if started:
+            ray.shutdown()
+    return Summary(trained=statuses.count("done"), failed=statuses.count("failed"), skipped=0,
+                   elsewhere=statuses.count("elsewhere"))
+
+
 EXECUTORS: Registry[Callable[[Todo, RunOptions], Summary]] = Registry("executor")
 EXECUTORS.register("local")(run_local)
+EXECUTORS.register("ray")(run_ray)
 
 
-def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
-              executor: str = "local") -> Summary:
-    """Train every cell of `grids` that has no finished record in `results`.
+def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions) -> Summary:
+    """Train every cell of `grids` that has no finished record in `results`, with `options.executor`.
 
     Every dataset a pending cell needs is loaded first, so missing files stop the run before
     anything trains (AblatrixError), rather than failing each cell in turn.
     """
-    run = EXECUTORS.lookup(executor)
+    run = EXECUTORS.lookup(options.executor)
     options = replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
     todo = pending(grids, results, options.retry_failed)
     for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):

@@ -291,7 +291,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending). "
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
     lines += [f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
-    lines += _provenance(list(res.records.values())) if res.records else []
+    finished = [r for r in res.records.values() if r["status"] == "done"]  # the numbers' sources
+    lines += _provenance(finished) if finished else []
     lines += ["- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
     lines += [f"- statistics: mean ± sample std over seeds; {CONFIDENCE:.0%} CI is the Student-t "
               "interval of the mean; paired differences match dataset, seed and every other factor; "
