@@ -82,13 +82,13 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", ["1", "2"])
-def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, workers):
-    """SIGINT to a real `ablatrix run` exits 130 with a message; every saved record is complete."""
+@pytest.mark.parametrize("executor", [["--workers", "1"], ["--workers", "2"], ["--executor", "ray"]],
+                         ids=["sequential", "2-workers", "ray"])
+def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor):
+    """SIGINT to a real `ablatrix run` exits 130 with a message; every saved record is complete, no claim is left."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
     runs_dir = tmp_path / "res" / "tiny" / "runs"
-    cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"),
-           "--workers", workers]
+    cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"), *executor]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             start_new_session=True)  # its own process group, as a terminal gives it
     deadline = time.monotonic() + 120
@@ -100,7 +100,7 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
     assert "interrupted; every finished run is saved" in err
     saved = {p.stem: json.loads(p.read_text()) for p in runs_dir.glob("*.json")}
     assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved.values())
-    assert not list(runs_dir.glob(".*"))  # no temp files left behind
+    assert not list(runs_dir.glob(".*")) and not list(runs_dir.glob("*.lock"))  # no temp files, no claims
 
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
