@@ -222,3 +222,12 @@ def test_balanced_sampler_draws_classes_equally():
     share = (y[order] == 1).float().mean().item()
     assert len(order) == 1000 and 0.45 < share < 0.55
     assert sorted(SAMPLERS["uniform"](y, 2, torch.Generator().manual_seed(0)).tolist()) == list(range(1000))
+
+
+def test_digits_equal_scikit_learns_load_digits():
+    """digits reads scikit-learn's data file itself (no sklearn import) and gets load_digits' exact arrays."""
+    from sklearn.datasets import load_digits
+    from ablatrix.datasets import _digits_arrays
+    images, labels = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
