@@ -160,7 +160,7 @@ from torch import nn
 from ablatrix import register_model
 
 
-@register_model("ray-faulty")
+@register_model("faulty")
 class Faulty(nn.Module):
     def __init__(self, input_shape, num_classes, *, fault: str = "none"):
         super().__init__()
@@ -204,22 +204,28 @@ def faulty_grid(write_grid, tmp_path):
     from ablatrix.models import MODELS
     (tmp_path / "faulty.py").write_text(FAULTY)
     yield load_grid(write_grid('name = "faulty"\nplugins = ["faulty.py"]\ndatasets = ["digits"]\n'
-                               'seeds = [0]\n[train]\nepochs = 1\n[model]\nname = "ray-faulty"\n'
+                               'seeds = [0, 1]\n[train]\nepochs = 1\n[model]\nname = "faulty"\n'
                                '[axes]\nmodel.fault = ["none", "nan", "exit"]\n'))
-    del MODELS["ray-faulty"]
+    del MODELS["faulty"]
 
 
-def test_ray_records_a_nan_loss_and_a_dead_worker_as_failed(faulty_grid, tmp_path):
-    """A NaN loss and a worker that dies each give a `failed` record with the reason; the grid goes on."""
-    summary = run_grids([faulty_grid], tmp_path, RAY)
-    assert (summary.trained, summary.failed) == (1, 2)
-    records = {r["axes"]["model.fault"]: r for r in ResultStore(tmp_path, "faulty").records().values()}
-    assert records["none"]["status"] == "done"
-    assert records["nan"]["status"] == "failed" and records["nan"]["error"].startswith("TrainingDiverged")
-    assert records["exit"]["status"] == "failed" and "Worker" in records["exit"]["error"]
-    assert records["exit"]["execution"]["executor"] == "ray"
+@pytest.mark.parametrize("options, died", [
+    (replace(OPTIONS, workers=2), "WorkerDied: the worker process training this cell ended with exit code 3"),
+    (RAY, "WorkerCrashedError: "),
+], ids=["local-2-workers", "ray"])
+def test_a_nan_loss_and_a_dead_worker_are_failed_records(faulty_grid, tmp_path, options, died):
+    """A NaN loss and a worker process that dies each fail only their own cell, with the reason; the grid goes on."""
+    summary = run_grids([faulty_grid], tmp_path, options)
+    assert (summary.trained, summary.failed) == (2, 4)
+    records = ResultStore(tmp_path, "faulty").records().values()
+    by_fault = {f: [r for r in records if r["axes"]["model.fault"] == f] for f in ("none", "nan", "exit")}
+    assert [r["status"] for r in by_fault["none"]] == ["done", "done"]
+    assert all(r["status"] == "failed" and r["error"].startswith("TrainingDiverged") for r in by_fault["nan"])
+    assert all(r["status"] == "failed" and r["error"].startswith(died) for r in by_fault["exit"])
+    assert all(r["execution"]["executor"] == options.executor for r in records)
+    assert not list(tmp_path.rglob("*.lock"))
     report = write_report([faulty_grid], tmp_path).read_text()  # a lost worker's record has no device
-    assert f"`{records['exit']['run_id']}` base digits seed 0: WorkerCrashedError" in report
+    assert all(f"`{r['run_id']}` base digits seed {r['seed']}: {died}" in report for r in by_fault["exit"])
 
 
 def test_ray_refuses_a_gpu_share_the_cluster_lacks(write_grid, tmp_path):

@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import signal
+import sys
 import time
 import traceback
-from collections import Counter
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import Counter, deque
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
+from multiprocessing.connection import Connection, wait
+from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -189,42 +192,87 @@ def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     return statuses
 
 
-_WORKER_DEVICE: torch.device | None = None
-
-
-def _start_worker(plugins: tuple[str, ...], threads: int, devices: Any) -> None:
-    global _WORKER_DEVICE
-    import_plugins(plugins)  # spawned processes start with only the built-in registries
+def _worker(conn: Connection, device: str, threads: int, options: RunOptions) -> None:
+    """A spawned worker: trains the cells the parent sends, one at a time, until it sends None."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
+    import_plugins(options.plugins)  # spawned processes start with only the built-in registries
     torch.set_num_threads(threads)
-    _WORKER_DEVICE = torch.device(devices.get())
+    options = replace(options, device=torch.device(device))
+    while (job := conn.recv()) is not None:
+        conn.send(train_claimed(*job, options))
 
 
-def _work(cell: Cell, store: ResultStore, options: RunOptions) -> str:
-    return train_claimed(cell, store, replace(options, device=_WORKER_DEVICE))
+@dataclass
+class _Slot:
+    """One worker process and the cell it is training."""
+
+    device: str
+    process: BaseProcess
+    conn: Connection
+    job: tuple[Cell, ResultStore] | None = None
+
+
+def lost_record(cell: Cell, options: RunOptions, error: str, detail: str) -> dict[str, Any]:
+    """The record of a cell whose worker process died: there is no environment or history to tell."""
+    return {**cell_record(cell), "status": "failed", "execution": options.placement(), "error": error,
+            "traceback": detail, "wall_seconds": None}
 
 
 def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
-    """Cells in `options.workers` spawned processes, each with its own device and thread share."""
+    """Cells in `options.workers` spawned processes, each with its own device and thread share.
+
+    Each worker holds one cell at a time and the parent knows which, so a worker that dies (killed
+    for memory, a crash in native code) fails only its own cell, and a new worker takes its place.
+    """
     ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-    devices = ctx.Queue()  # handed to each worker as it starts
     if options.device.type == "cuda" and options.device.index is None:
-        gpus = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
+        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
     else:
-        gpus = [str(options.device)] * options.workers
-    for device in gpus:
-        devices.put(device)
+        devices = [str(options.device)] * options.workers
     threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
+    queue = deque(todo)
+
+    def start(device: str) -> _Slot:
+        parent, child = ctx.Pipe()
+        process = ctx.Process(target=_worker, args=(child, device, threads, options), daemon=True)
+        process.start()
+        child.close()  # the worker's end: when the worker dies, reading ours gives EOFError
+        return _Slot(device, process, parent)
+
+    def hand_out(slot: _Slot) -> None:
+        slot.job = queue.popleft() if queue else None
+        slot.conn.send(slot.job)
+
     statuses = []
-    pool = ProcessPoolExecutor(options.workers, ctx, _start_worker, (options.plugins, threads, devices))
+    slots = [start(device) for device in devices[:len(todo)]]
     try:
-        running = {pool.submit(_work, cell, store, options) for cell, store in todo}
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                statuses.append(future.result())
+        for slot in slots:
+            hand_out(slot)
+        while busy := {slot.conn: slot for slot in slots if slot.job}:
+            for conn in wait(list(busy)):
+                slot = busy[conn]
+                try:
+                    statuses.append(conn.recv())
+                except (EOFError, ConnectionResetError):  # the worker died with its cell
+                    slot.process.join()
+                    cell, store = slot.job
+                    code = slot.process.exitcode
+                    statuses.append(store_record(cell, store, lost_record(
+                        cell, options, f"WorkerDied: the worker process training this cell ended "
+                        f"with exit code {code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""),
+                        "no traceback: the process died")))
+                    if not store.claim_alive(cell.run_id):
+                        store.release(cell.run_id)
+                    slots[slots.index(slot)] = slot = start(slot.device)
                 bar.update()
-    finally:  # on Ctrl-C: drop queued cells; running ones end with their processes
-        pool.shutdown(wait=True, cancel_futures=True)
+                hand_out(slot)
+    finally:  # normally every worker is idle here; on Ctrl-C the busy ones are stopped
+        for slot in slots:
+            if slot.job is not None:
+                slot.process.terminate()
+        for slot in slots:
+            slot.process.join()
     return statuses
 
 
@@ -295,9 +343,8 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                     try:
                         record = ray.get(ref)
                     except ray.exceptions.RayError as exc:  # the worker died: no environment to record
-                        record = {**cell_record(cell), "status": "failed", "execution": options.placement(),
-                                  "error": f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                                  "traceback": str(exc), "wall_seconds": None}
+                        record = lost_record(cell, options, f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
+                                             str(exc))
                     statuses.append(store_record(cell, store, record))
                     store.release(cell.run_id)
                     bar.update()
