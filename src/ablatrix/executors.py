@@ -267,12 +267,12 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
                     slots[slots.index(slot)] = slot = start(slot.device)
                 bar.update()
                 hand_out(slot)
-    finally:  # normally every worker is idle here; on Ctrl-C the busy ones are stopped
-        for slot in slots:
-            if slot.job is not None:
-                slot.process.terminate()
-        for slot in slots:
-            slot.process.join()
+    finally:  # on Ctrl-C or an error, stop the busy workers; idle ones were told to exit
+        busy = [slot.process for slot in slots if slot.job is not None]
+        for process in busy:
+            process.terminate()
+        for process in busy:  # the others' exit (torch teardown, ~1 s) need not hold up the caller
+            process.join()
     return statuses
 
 
