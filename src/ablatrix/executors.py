@@ -7,7 +7,8 @@ claimed before it trains, so concurrent runners on one results folder never trai
 The `local` executor runs cells one after another, or in `workers` processes at once: on CPU
 each process gets cores/workers torch threads (small models scale better over processes than over
 threads); on CUDA several processes share each GPU (`--runs-per-gpu`), since one small CNN leaves
-a GPU mostly idle.
+a GPU mostly idle. The `ray` executor makes each cell a Ray task on a cluster (or a local Ray)
+that asks for a share of a GPU or some CPUs; the driver claims cells and writes their records.
 """
 from __future__ import annotations
 
