@@ -112,3 +112,15 @@ def test_channels_last_gives_the_plain_numbers(digits):
     # Other conv kernels round differently; the drift stays at rounding level over the epochs.
     assert [r["val_loss"] for r in fast["history"]] == pytest.approx([r["val_loss"] for r in plain["history"]], rel=2e-3)
     assert fast["test"]["accuracy"] == pytest.approx(plain["test"]["accuracy"], abs=0.01)
+
+
+def test_evaluate_in_batches_equals_one_full_forward_pass(digits):
+    """evaluate's loss, accuracy and predictions over several CPU batches equal one pass over all samples."""
+    model, _, _ = fit(config(epochs=1), digits, CPU)
+    x, y = digits.train_x, digits.train_y  # over 1,000 samples: several evaluation batches
+    loss, acc, pred = evaluate(model, x, y)
+    with torch.no_grad():
+        logits = model.eval()(x)
+    assert len(x) > 1000
+    assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    assert torch.equal(pred, logits.argmax(1)) and acc == (pred == y).float().mean().item()

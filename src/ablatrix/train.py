@@ -25,7 +25,10 @@ OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_dec
 OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
 OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
                                                          weight_decay=c.weight_decay))
-EVAL_BATCH = 2048
+# Evaluation batch per device type. A GPU wants large batches (fewer launches); on CPU a batch of
+# 2048 has activations of 100+ MB per layer that miss the caches, and evaluating the 1.1M CNN on
+# 1,000 samples took twice as long as in batches of 256.
+EVAL_BATCH = {"cuda": 2048, "cpu": 256}
 
 
 def class_frequencies(y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -81,9 +84,10 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Exec
     loss = torch.zeros((), device=x.device)
     preds = []
     with torch.inference_mode(), execution.autocast(x.device):
-        for start in range(0, len(x), EVAL_BATCH):
-            logits = model(execution.layout(x[start:start + EVAL_BATCH])).float()
-            loss += nn.functional.cross_entropy(logits, y[start:start + EVAL_BATCH], reduction="sum")
+        batch = EVAL_BATCH.get(x.device.type, EVAL_BATCH["cpu"])
+        for start in range(0, len(x), batch):
+            logits = model(execution.layout(x[start:start + batch])).float()
+            loss += nn.functional.cross_entropy(logits, y[start:start + batch], reduction="sum")
             preds.append(logits.argmax(1))
     pred = torch.cat(preds)
     return loss.item() / len(y), (pred == y).float().mean().item(), pred
