@@ -337,6 +337,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                 statuses.append("elsewhere")
         with tqdm(total=len(todo), initial=len(statuses), unit="run", disable=None,
                   dynamic_ncols=True) as bar:
+            renewed = time.monotonic()
             while running:
                 done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
                 for ref in done:
@@ -349,8 +350,10 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                     statuses.append(store_record(cell, store, record))
                     store.release(cell.run_id)
                     bar.update()
-                for cell, store in running.values():
-                    store.heartbeat(cell.run_id)
+                if time.monotonic() - renewed > HEARTBEAT_SECONDS:
+                    renewed = time.monotonic()
+                    for cell, store in running.values():
+                        store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
         for ref, (cell, store) in running.items():
             ray.cancel(ref, force=True)
