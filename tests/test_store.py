@@ -58,8 +58,18 @@ def test_claims_are_exclusive_and_released(tmp_path):
     store = ResultStore(tmp_path, "g")
     assert store.claim("abc") and store.claim_alive("abc")
     assert not store.claim("abc")
+    assert [p.name for p in store.runs_dir.iterdir()] == ["abc.lock"]  # no temporary file left
+    assert json.loads(store.lock_path("abc").read_text())["pid"] == os.getpid()
     store.release("abc")
     assert not store.claim_alive("abc") and store.claim("abc")
+
+
+def test_a_lock_without_an_owner_is_not_a_live_claim(tmp_path):
+    """An empty or unreadable lock file (not one ablatrix writes) does not block its cell forever."""
+    store = ResultStore(tmp_path, "g")
+    store.runs_dir.mkdir(parents=True)
+    store.lock_path("abc").write_text("")
+    assert not store.claim_alive("abc") and store.claim("abc") and store.claim_alive("abc")
 
 
 @pytest.mark.parametrize("owner, age, taken_over", [

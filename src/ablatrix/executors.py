@@ -269,11 +269,14 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
                 bar.update()
                 hand_out(slot)
     finally:  # on Ctrl-C or an error, stop the busy workers; idle ones were told to exit
-        busy = [slot.process for slot in slots if slot.job is not None]
-        for process in busy:
-            process.terminate()
-        for process in busy:  # the others' exit (torch teardown, ~1 s) need not hold up the caller
-            process.join()
+        busy = [slot for slot in slots if slot.job is not None]
+        for slot in busy:
+            slot.process.terminate()
+        for slot in busy:  # the others' exit (torch teardown, ~1 s) need not hold up the caller
+            slot.process.join()
+            cell, store = slot.job
+            if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
+                store.release(cell.run_id)
     return statuses
 
 

@@ -65,21 +65,29 @@ class ResultStore:
         return self.runs_dir / f"{run_id}.lock"
 
     def claim(self, run_id: str) -> bool:
-        """Take the cell for this process; False if a live process holds it."""
+        """Take the cell for this process; False if a live process holds it.
+
+        The owner is written to a temporary file first and hard-linked to <run id>.lock, which is
+        atomic and fails if the lock exists: a process killed at any moment never leaves a lock
+        without its owner (one that would look alive forever).
+        """
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-        for _ in range(2):  # second try after clearing a stale claim
-            try:
-                fd = os.open(self.lock_path(run_id), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                if self.claim_alive(run_id):
-                    return False
-                self.lock_path(run_id).unlink(missing_ok=True)
-                continue
+        fd, tmp = tempfile.mkstemp(dir=self.runs_dir, prefix=f".{run_id}.", suffix=".claim")
+        try:
             with os.fdopen(fd, "w") as f:
                 f.write(owner)
-            return True
-        return False
+            for _ in range(2):  # second try after clearing a stale claim
+                try:
+                    os.link(tmp, self.lock_path(run_id))
+                    return True
+                except FileExistsError:
+                    if self.claim_alive(run_id):
+                        return False
+                    self.lock_path(run_id).unlink(missing_ok=True)
+            return False
+        finally:
+            os.unlink(tmp)
 
     def claim_alive(self, run_id: str) -> bool:
         """Whether the claim on `run_id` exists and its owner is still alive."""
@@ -87,8 +95,8 @@ class ResultStore:
         try:
             owner = json.loads(path.read_text(encoding="utf-8"))
             age = time.time() - path.stat().st_mtime
-        except (FileNotFoundError, json.JSONDecodeError):  # gone, or being written this instant
-            return path.exists()
+        except (FileNotFoundError, json.JSONDecodeError):  # gone, or not a claim ablatrix wrote
+            return False
         if owner["host"] != socket.gethostname():
             return age < STALE_SECONDS
         try:
