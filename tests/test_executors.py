@@ -199,6 +199,27 @@ def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, t
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]  # its own claims released
 
 
+def test_ray_claims_cells_only_as_it_submits_them(write_grid, tmp_path, monkeypatch):
+    """On a 2-CPU Ray (the caller's) at most 2 x 2 cells are claimed at once, so other runners can share the rest."""
+    grid = load_grid(write_grid(), ["seeds=[0, 1, 2, 3]", "train.epochs=1"])
+    held, claim = [], ResultStore.claim
+
+    def counting_claim(store, run_id):
+        held.append(len(list(store.runs_dir.glob("*.lock"))))
+        return claim(store, run_id)
+    monkeypatch.setattr(ResultStore, "claim", counting_claim)
+    import ray
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+    try:
+        summary = run_grids([grid], tmp_path, RAY)
+        assert ray.is_initialized()  # a Ray the caller started is left running
+    finally:
+        ray.shutdown()
+    assert (summary.trained, len(held)) == (8, 8)
+    assert max(held) <= 3  # the 4th claim in flight sees 3 others, never all 8
+    assert len(ResultStore(tmp_path, grid.name).records()) == 8
+
+
 @pytest.fixture
 def faulty_grid(write_grid, tmp_path):
     from ablatrix.models import MODELS

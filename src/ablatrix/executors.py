@@ -12,6 +12,7 @@ that asks for a share of a GPU or some CPUs; the driver claims cells and writes 
 """
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
 import signal
@@ -305,8 +306,9 @@ def _largest_node(ray: Any, resource: str) -> float:
 def run_ray(todo: Todo, options: RunOptions) -> Summary:
     """Each cell a Ray task asking for `cpus_per_run` CPUs and `gpus_per_run` of a GPU.
 
-    The driver claims each cell before submitting it, renews the claims while the tasks run, and
-    writes the records the tasks return into the store: workers need the data folder and the
+    The driver keeps twice as many tasks in flight as the cluster can run at once, claims each
+    cell as it submits it (so other runners on the same results share the rest), renews the
+    claims while the tasks run, and writes the records the tasks return into the store: workers need the data folder and the
     grid's plugin files (same paths on every node), but not the results folder. A task whose
     worker dies (killed for memory, node lost) is recorded as failed; Ray does not retry it, so
     a cell that kills its worker is not tried again until `--retry-failed`.
@@ -332,16 +334,23 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                                     f"Ray cluster has {have:g} {resource}(s)")
         task = ray.remote(_ray_cell).options(num_cpus=options.cpus_per_run,
                                              num_gpus=options.gpus_per_run, max_retries=0)
-        statuses = []
-        for cell, store in todo:
-            if claim_pending(cell, store, options.retry_failed):
-                running[task.remote(cell, options)] = (cell, store)
-            else:
-                statuses.append("elsewhere")
-        with tqdm(total=len(todo), initial=len(statuses), unit="run", disable=None,
-                  dynamic_ncols=True) as bar:
+        resources = ray.cluster_resources()
+        slots = min(resources.get("CPU", 0) // options.cpus_per_run,
+                    resources.get("GPU", 0) // options.gpus_per_run if options.gpus_per_run else math.inf)
+        in_flight = 2 * max(1, int(slots))  # enough to keep the cluster busy; the rest stay unclaimed
+        queue, statuses = deque(todo), []
+        with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
             renewed = time.monotonic()
-            while running:
+            while queue or running:
+                while queue and len(running) < in_flight:  # claim a cell only when submitting it
+                    cell, store = queue.popleft()
+                    if claim_pending(cell, store, options.retry_failed):
+                        running[task.remote(cell, options)] = (cell, store)
+                    else:
+                        statuses.append("elsewhere")
+                        bar.update()
+                if not running:
+                    break
                 done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
                 for ref in done:
                     cell, store = running.pop(ref)
@@ -359,7 +368,8 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                         store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
         for ref, (cell, store) in running.items():
-            ray.cancel(ref, force=True)
+            if not started:  # a Ray we started goes down whole; a force-cancel that races the
+                ray.cancel(ref)  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
             store.release(cell.run_id)
         if started:
             ray.shutdown()
