@@ -43,14 +43,14 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """Check the flags of `run` against each other and the executor, before anything starts."""
-    local_only = {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu}
-    ray_only = {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
-                "--cpus-per-run": args.cpus_per_run}
-    others = ray_only if args.executor == "local" else local_only
-    for flag, value in others.items():
-        if value is not None:
-            raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; "
-                                f"it takes {', '.join(local_only if args.executor == 'local' else ray_only)}")
+    flags = {"local": {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu},
+             "ray": {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
+                     "--cpus-per-run": args.cpus_per_run}}
+    for executor, given in flags.items():
+        for flag, value in given.items():
+            if executor != args.executor and value is not None:
+                raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; "
+                                    f"it takes {', '.join(flags[args.executor])}")
     common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile,
                   executor=args.executor, retry_failed=args.retry_failed)
     if args.executor == "ray":

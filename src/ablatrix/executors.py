@@ -74,6 +74,11 @@ class Summary:
     skipped: int  # finished before this run (or failed, without --retry-failed)
     elsewhere: int = 0  # claimed by another runner, or finished by one while this run went on
 
+    @staticmethod
+    def of(statuses: list[str]) -> "Summary":
+        """What an executor did with its cells (`run_grids` adds the skipped ones)."""
+        return Summary(statuses.count("done"), statuses.count("failed"), 0, statuses.count("elsewhere"))
+
 
 Todo = list[tuple[Cell, ResultStore]]
 
@@ -269,11 +274,13 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
                     slots[slots.index(slot)] = slot = start(slot.device)
                 bar.update()
                 hand_out(slot)
-    finally:  # on Ctrl-C or an error, stop the busy workers; idle ones were told to exit
+    finally:
+        # On Ctrl-C or an error, stop the busy workers. Idle ones were told to exit and are not
+        # joined: their torch teardown (about 1 s) need not hold up the caller.
         busy = [slot for slot in slots if slot.job is not None]
         for slot in busy:
             slot.process.terminate()
-        for slot in busy:  # the others' exit (torch teardown, ~1 s) need not hold up the caller
+        for slot in busy:
             slot.process.join()
             cell, store = slot.job
             if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
@@ -285,8 +292,7 @@ def run_local(todo: Todo, options: RunOptions) -> Summary:
     with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
         run = run_parallel if options.workers > 1 and len(todo) > 1 else run_sequential
         statuses = run(todo, options, bar)
-    return Summary(trained=statuses.count("done"), failed=statuses.count("failed"), skipped=0,
-                   elsewhere=statuses.count("elsewhere"))
+    return Summary.of(statuses)
 
 
 HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well inside STALE_SECONDS
@@ -308,10 +314,11 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
 
     The driver keeps twice as many tasks in flight as the cluster can run at once, claims each
     cell as it submits it (so other runners on the same results share the rest), renews the
-    claims while the tasks run, and writes the records the tasks return into the store: workers need the data folder and the
-    grid's plugin files (same paths on every node), but not the results folder. A task whose
-    worker dies (killed for memory, node lost) is recorded as failed; Ray does not retry it, so
-    a cell that kills its worker is not tried again until `--retry-failed`.
+    claims while the tasks run, and writes the records the tasks return into the store: workers
+    need the data folder and the grid's plugin files (same paths on every node), but not the
+    results folder. A task whose worker dies (killed for memory, node lost) is recorded as
+    failed; Ray does not retry it, so a cell that kills its worker is not tried again until
+    `--retry-failed`.
     """
     try:
         import ray
@@ -373,8 +380,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
             store.release(cell.run_id)
         if started:
             ray.shutdown()
-    return Summary(trained=statuses.count("done"), failed=statuses.count("failed"), skipped=0,
-                   elsewhere=statuses.count("elsewhere"))
+    return Summary.of(statuses)
 
 
 EXECUTORS: Registry[Callable[[Todo, RunOptions], Summary]] = Registry("executor")
