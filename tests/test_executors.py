@@ -10,8 +10,8 @@ import torch
 
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
-from ablatrix.report import write_report
 from ablatrix.executors import RunOptions, available_cores, pending, resolve_device, run_grids
+from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
@@ -149,7 +149,7 @@ def test_a_cell_claimed_by_a_live_runner_is_left_to_it(write_grid, tmp_path):
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]
 
 
-# --- the ray executor: each test starts (and stops) a real local Ray on the CPU ---------------
+# --- the ray executor (a real local Ray on the CPU) and workers that die -----------------------
 
 RAY = replace(OPTIONS, executor="ray")
 
