@@ -16,6 +16,7 @@ import math
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import time
 import traceback
@@ -305,6 +306,17 @@ def _ray_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
     return run_cell(cell, replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu")))
 
 
+def _check_reachable(address: str) -> None:
+    """Ray retries an unreachable address for minutes; fail in seconds, with one clear line."""
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not port.isdigit():  # "auto" and other forms Ray resolves itself
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as exc:
+        raise AblatrixError(f"--address {address}: no Ray cluster answers there ({exc})") from None
+
+
 def _largest_node(ray: Any, resource: str) -> float:
     return max((node["Resources"].get(resource, 0) for node in ray.nodes() if node["Alive"]), default=0)
 
@@ -327,6 +339,8 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
     options = replace(options, data_root=options.data_root.resolve())  # workers have another cwd
     started = not ray.is_initialized()
     if started:
+        if options.address:
+            _check_reachable(options.address)
         try:
             ray.init(address=options.address, include_dashboard=False, logging_level="ERROR",
                      configure_logging=False)
