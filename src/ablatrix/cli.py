@@ -143,9 +143,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "run":
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")
-            verb.add_argument("--workers", type=int,
+            verb.add_argument("--workers", type=int, metavar="N",
                               help="CPU: train N cells at once in N processes (default 1)")
-            verb.add_argument("--runs-per-gpu", type=int,
+            verb.add_argument("--runs-per-gpu", type=int, metavar="N",
                               help="CUDA: train N cells at once on each GPU (default 1)")
             verb.add_argument("--retry-failed", action="store_true",
                               help="train cells whose stored record says failed again")
@@ -154,10 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")
             verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
                               help="local processes, or tasks on a Ray cluster (default: local)")
-            verb.add_argument("--address", help="ray: the cluster to join (default: start a local Ray)")
-            verb.add_argument("--gpus-per-run", type=float,
+            verb.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (default: start a local Ray)")
+            verb.add_argument("--gpus-per-run", type=float, metavar="F",
                               help="ray: GPU share each cell asks for, e.g. 0.25 (default 0: CPU)")
-            verb.add_argument("--cpus-per-run", type=int,
+            verb.add_argument("--cpus-per-run", type=int, metavar="N",
                               help="ray: CPUs each cell asks for, also its torch threads (default 1)")
     fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",
                              description="download datasets into the data folder, where possible")
