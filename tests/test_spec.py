@@ -140,10 +140,40 @@ def test_bad_override_is_rejected(write_grid, override, message):
         load_grid(write_grid(), [override])
 
 
-def test_missing_grid_file(tmp_path):
-    """A grid path that does not exist is a clear error."""
-    with pytest.raises(AblatrixError, match="cannot read grid file"):
-        load_grid(tmp_path / "nope.toml")
+@pytest.mark.parametrize("make, message", [
+    (lambda p: None, "cannot read grid file: No such file or directory"),
+    (lambda p: p.mkdir(), "cannot read grid file: Is a directory"),
+    (lambda p: p.write_bytes(TINY_GRID.replace("tiny", "t\xe9").encode("latin-1")), "not a text file in UTF-8"),
+    (lambda p: p.write_text(""), "the grid file is empty"),
+    (lambda p: p.write_text("\n  \n"), "the grid file is empty"),
+])
+def test_unreadable_grid_file_is_one_clear_error(tmp_path, make, message):
+    """A missing, directory, non-UTF-8 or empty grid file is one line naming it, not a traceback."""
+    path = tmp_path / "grid.toml"
+    make(path)
+    with pytest.raises(AblatrixError) as err:
+        load_grid(path)
+    assert str(err.value).startswith(str(path)) and message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+BASE_CELLS = {("base", True), ("base", False)}
+
+
+@pytest.mark.parametrize("extra, overrides, variants", [
+    ("", ["variants.wide.model.fc=[16]"], BASE_CELLS | {("wide", True), ("wide", False)}),
+    ("[variants.wide]\nmodel.fc = [16]\n", [], BASE_CELLS | {("wide", True), ("wide", False)}),
+    ("[variants.plain]\n[variants.wide]\nmodel.fc = [16]\n", [],  # an empty variant is the base
+     {("plain", True), ("plain", False), ("wide", True), ("wide", False)}),
+    ('[variants.wide]\nmodel.fc = [16]\n[[exclude]]\nvariant = "base"\n', [], {("wide", True), ("wide", False)}),
+])
+def test_adding_a_variant_keeps_the_base_cells(write_grid, extra, overrides, variants):
+    """A variant added in the file or by --set adds cells; the base ones stay unless excluded."""
+    plain = {c.run_id for c in load_grid(write_grid()).cells}
+    grid = load_grid(write_grid(TINY_GRID + extra), overrides)
+    assert {(c.variant, c.axes["model.batchnorm"]) for c in grid.cells} == variants
+    if ("base", True) in variants:
+        assert plain <= {c.run_id for c in grid.cells}  # base cells keep their run ids
 
 
 PLUGIN = """

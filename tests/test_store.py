@@ -1,9 +1,11 @@
 """The result store: atomic JSON records, and the provenance every record carries."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -11,17 +13,98 @@ import time
 import pytest
 import torch
 
+from ablatrix.config import SCHEMA
+from ablatrix.errors import AblatrixError
+from ablatrix.spec import load_grid
 from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text, environment
+
+
+def record(run_id: str = "abc", **fields) -> dict:
+    """A minimal finished record (current schema) with every required field."""
+    return {"run_id": run_id, "schema": SCHEMA, "status": "done", "config": {}, "history": [],
+            "best_epoch": 1, "epochs_trained": 1, "test": {"accuracy": 0.5}, "wall_seconds": 1.0, **fields}
 
 
 def test_put_get_records_round_trip(tmp_path):
     """A record written under its run id reads back equal; missing ids read as None."""
     store = ResultStore(tmp_path, "g")
-    store.put({"run_id": "abc", "status": "done", "x": [1.5, None]})
-    assert store.get("abc") == {"run_id": "abc", "status": "done", "x": [1.5, None]}
+    store.put(record(x=[1.5, None]))
+    assert store.get("abc") == record(x=[1.5, None])
     assert store.get("nope") is None
     assert list(store.records()) == ["abc"]
     assert store.path("abc") == tmp_path / "g" / "runs" / "abc.json"
+
+
+@pytest.mark.parametrize("content, problem", [
+    (b'{"run_id": "abc", "status": "do', "not valid JSON"),  # truncated copy
+    (b"\xff\xfe{}", "not valid JSON"),  # not UTF-8
+    (b"[1, 2]", "not a JSON object"),
+    (json.dumps(record(status="running")).encode(), "neither done nor failed"),
+    (json.dumps({k: v for k, v in record().items() if k != "test"}).encode(), "lacks test"),
+    (json.dumps(record(run_id="other")).encode(), "says run_id 'other'"),
+])
+def test_damaged_records_are_set_aside_not_overwritten(tmp_path, capsys, content, problem):
+    """A record that cannot be used is renamed to .damaged (kept byte for byte) and reads as absent."""
+    store = ResultStore(tmp_path, "g")
+    store.put(record("good"))
+    store.path("abc").write_bytes(content)
+    assert list(store.records()) == ["good"]
+    assert problem in capsys.readouterr().out
+    assert store.damaged() == [store.runs_dir / "abc.json.damaged"]
+    assert store.damaged()[0].read_bytes() == content
+    store.path("abc").write_bytes(content)  # damaged again: the first copy is not overwritten
+    assert store.get("abc") is None
+    assert [p.name for p in store.damaged()] == ["abc.json.damaged", "abc.json.damaged.1"]
+
+
+def test_old_schema_records_move_to_their_current_run_id(tmp_path):
+    """A schema-1 record (id = hash of the full config) is re-keyed to the cell's current id, once."""
+    cell = load_grid("ablations/quickstart.toml").cells[0]
+    config = cell.config.to_dict()
+    old_id = hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+    assert old_id == "3b349eb368ff"  # the file name this cell's record had before schema 2
+    store = ResultStore(tmp_path, "g")
+    old = {k: v for k, v in record(old_id, config=config).items() if k != "schema"}
+    store.put(old)
+    assert list(store.records()) == [cell.run_id] != [old_id]
+    assert [p.name for p in store.runs_dir.iterdir()] == [f"{cell.run_id}.json"]
+    assert store.get(cell.run_id) == {**old, "run_id": cell.run_id, "schema": SCHEMA, "migrated_from": old_id}
+    assert list(store.records()) == [cell.run_id]  # a second read changes nothing
+
+
+@pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
+def test_records_and_claims_follow_the_umask(tmp_path, umask, mode):
+    """Records, claims and report files get the mode a plain file would, so a team can share them."""
+    old = os.umask(umask)
+    try:
+        store = ResultStore(tmp_path, "g")
+        store.put(record())
+        assert store.claim("abc")
+        atomic_write_text(tmp_path / "g" / "REPORT.md", "x")
+    finally:
+        os.umask(old)
+    for path in (store.path("abc"), store.lock_path("abc"), tmp_path / "g" / "REPORT.md"):
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path
+
+
+def test_an_unwritable_results_folder_is_one_clear_error(tmp_path):
+    """A results path that cannot hold records (here: under a plain file) fails before training."""
+    (tmp_path / "file").write_text("")
+    with pytest.raises(AblatrixError, match="results folder .* cannot be written"):
+        ResultStore(tmp_path / "file" / "results", "g").writable()
+    ResultStore(tmp_path / "results", "g").writable()
+    assert list(tmp_path.iterdir()) == [tmp_path / "file"]  # the check leaves nothing behind
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_results_folder_is_one_clear_error(tmp_path):
+    """Without write permission on the results folder, writable() names it."""
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(AblatrixError, match="Permission denied"):
+            ResultStore(tmp_path, "g").writable()
+    finally:
+        tmp_path.chmod(0o755)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatch):

@@ -28,10 +28,10 @@ def _grids(args: argparse.Namespace) -> list[Grid]:
 
 def cmd_list(args: argparse.Namespace) -> int:
     for grid in _grids(args):
-        store = ResultStore(args.results, grid.name)
+        records = ResultStore(args.results, grid.name).records()
         rows = []
         for cell in grid.cells:
-            record = store.get(cell.run_id)
+            record = records.get(cell.run_id)
             rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
                          *(axis_value(v) for v in cell.axes.values()), f"{cell.params:,}",
                          record["status"] if record else "pending"])
@@ -51,8 +51,10 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
             if executor != args.executor and value is not None:
                 raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; "
                                     f"it takes {', '.join(flags[args.executor])}")
+    if args.max_retries < 0:
+        raise AblatrixError("--max-retries takes an integer >= 0")
     common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile,
-                  executor=args.executor, retry_failed=args.retry_failed)
+                  executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries)
     if args.executor == "ray":
         gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
         cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
@@ -82,11 +84,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     for grid in _grids(args):
-        counts, stale = grid_status(grid, args.results)
+        status = grid_status(grid, args.results)
         print(f"{grid.name}: {len(grid.cells)} cells: " +
-              ", ".join(f"{counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
-        if stale:
-            print(f"  {len(stale)} stored run(s) match no cell of the grid (it changed): {', '.join(stale)}")
+              ", ".join(f"{status.counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
+        if status.stale:
+            print(f"  {len(status.stale)} stored run(s) match no cell of the grid (it changed): "
+                  f"{', '.join(status.stale)}")
+        if status.damaged:
+            print(f"  {len(status.damaged)} damaged record(s) set aside, their cells count as not "
+                  f"trained: {', '.join(str(p) for p in status.damaged)}")
     return 0
 
 
@@ -149,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CUDA: train N cells at once on each GPU (default 1)")
             verb.add_argument("--retry-failed", action="store_true",
                               help="train cells whose stored record says failed again")
+            verb.add_argument("--max-retries", type=int, default=2, metavar="N",
+                              help="train a cell again up to N times when its worker process or "
+                                   "Ray node dies (default 2)")
             verb.add_argument("--fp32", action="store_true",
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")

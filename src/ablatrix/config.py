@@ -2,6 +2,12 @@
 
 Each field's allowed values sit beside it (metadata "check"/"allowed"); `spec.build_dataclass`
 is the one place that reads them, for grid files and `--set` overrides alike.
+
+Identity (record schema 2): the hash covers the dataset, the seed, the model's name and only those
+training fields and model parameters whose value differs from its default. So a field added in a
+later version, left at its default, keeps every stored run id, and a record written before the
+field existed describes the same run. Changing a *default* would change what unset fields mean:
+tests pin the defaults, and such a change needs a new schema and a migration.
 """
 from __future__ import annotations
 
@@ -9,6 +15,10 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
+
+from .models import param_defaults
+
+SCHEMA = 2  # record format; 1 hashed the full resolved config (store.ResultStore migrates it)
 
 
 def allowed(check: Callable[[Any], bool], text: str) -> dict[str, Any]:
@@ -51,5 +61,25 @@ class RunConfig:
 
     @property
     def run_id(self) -> str:
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+        return run_id_of(self.to_dict())
+
+
+def _non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The entries of `values` that are not equal (as stored in JSON) to their default."""
+    stored = json.loads(json.dumps(defaults))
+    return {k: v for k, v in values.items() if k not in stored or stored[k] != v}
+
+
+def run_id_of(config: dict[str, Any]) -> str:
+    """The run id of a config as `RunConfig.to_dict` gives it (or a stored record holds it).
+
+    Raises AblatrixError if the model is not registered (its defaults are unknown).
+    """
+    model = config["model"]
+    identity = {"dataset": config["dataset"], "seed": config["seed"],
+                "model": {"name": model["name"], "params": _non_default(model["params"],
+                                                                        param_defaults(model["name"]))},
+                "train": _non_default(config["train"], asdict(TrainConfig()))}
+    canonical = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+

@@ -35,6 +35,7 @@ from .data import DATASETS, load_splits
 from .errors import AblatrixError
 from .registry import Registry
 from .spec import Cell, Grid, import_plugins
+from .config import SCHEMA
 from .store import ResultStore, environment
 from .train import Execution, train_run
 
@@ -54,6 +55,7 @@ class RunOptions:
     cpus_per_run: int = 1  # ray: CPUs each cell requests, and its torch threads
     plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
     retry_failed: bool = False  # train cells whose record says `failed` again
+    max_retries: int = 2  # times a cell is trained again after its worker process or node died
 
     @property
     def execution(self) -> Execution:
@@ -82,6 +84,8 @@ class Summary:
 
 
 Todo = list[tuple[Cell, ResultStore]]
+# A cell handed to a worker, with the system failures (dead worker or node) of its earlier attempts.
+Job = tuple[Cell, ResultStore, tuple[str, ...]]
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -110,46 +114,64 @@ def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) ->
     todo = []
     for grid in grids:
         store = ResultStore(results, grid.name)
+        records = store.records()
         for cell in grid.cells:
-            record = store.get(cell.run_id)
+            record = records.get(cell.run_id)
             if record is None or (retry_failed and record["status"] == "failed"):
                 todo.append((cell, store))
     return todo
 
 
-def grid_status(grid: Grid, results: Path) -> tuple[Counter, list[str]]:
-    """Counts of done | failed (from records) | running (claimed by a live process) | pending
-    cells, and the stored run ids no cell of the grid has any more (the grid was edited)."""
+@dataclass(frozen=True)
+class GridStatus:
+    counts: Counter  # done | failed (from records) | running (claimed by a live process) | pending
+    stale: list[str]  # stored run ids that no cell of the grid has any more (the grid was edited)
+    damaged: list[Path]  # records moved aside because they could not be read
+
+
+def grid_status(grid: Grid, results: Path) -> GridStatus:
+    """Where every cell of `grid` stands in `results`."""
     store = ResultStore(results, grid.name)
     records = store.records()
     counts = Counter(records[c.run_id]["status"] if c.run_id in records
                      else "running" if store.claim_alive(c.run_id) else "pending" for c in grid.cells)
     ids = {cell.run_id for cell in grid.cells}
-    return counts, [run_id for run_id in records if run_id not in ids]
+    return GridStatus(counts, [run_id for run_id in records if run_id not in ids], store.damaged())
 
 
-def cell_record(cell: Cell) -> dict[str, Any]:
-    """The part of a record that says which cell it is."""
-    return {"run_id": cell.run_id, "grid": cell.grid, "variant": cell.variant, "axes": cell.axes,
-            "dataset": cell.config.dataset, "seed": cell.config.seed, "config": cell.config.to_dict(),
-            "params": cell.params}
+def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> dict[str, Any]:
+    """The part of a record that says which cell it is, and how many attempts it took."""
+    return {"run_id": cell.run_id, "schema": SCHEMA, "grid": cell.grid, "variant": cell.variant,
+            "axes": cell.axes, "dataset": cell.config.dataset, "seed": cell.config.seed,
+            "config": cell.config.to_dict(), "params": cell.params, "attempts": len(earlier) + 1,
+            **({"system_failures": list(earlier)} if earlier else {})}
+
+
+OOM_HINT = ("the cell needs more GPU memory than was free: train fewer cells per GPU "
+            "(--runs-per-gpu, --gpus-per-run) or use a smaller train.batch_size")
 
 
 def run_cell(cell: Cell, options: RunOptions,
-             on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
+             on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+             earlier: Sequence[str] = ()) -> dict[str, Any]:
     """Train one cell and return its full record, status `done` or `failed` with the reason."""
     started = datetime.now(timezone.utc)
     clock = time.perf_counter()
     execution = options.execution
-    record = {**cell_record(cell), **environment(options.device),
+    record = {**cell_record(cell, earlier), **environment(options.device),
               "execution": {**asdict(execution), **options.placement()}, "started_at": started.isoformat()}
     try:
         data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
                            options.data_root)
         record.update(train_run(cell.config, data, options.device, execution, on_epoch), status="done")
+    except torch.cuda.OutOfMemoryError as exc:  # the cell's own failure: retrying the same way fails again
+        record.update(status="failed", error=f"OutOfMemoryError: {str(exc).splitlines()[0]} ({OOM_HINT})",
+                      traceback=traceback.format_exc())
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
                       traceback=traceback.format_exc())
+    finally:
+        torch.cuda.empty_cache()  # an out-of-memory cell leaves nothing cached for the next one
     record["wall_seconds"] = time.perf_counter() - clock
     return record
 
@@ -177,7 +199,8 @@ def store_record(cell: Cell, store: ResultStore, record: dict[str, Any]) -> str:
 
 
 def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
-                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> str:
+                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+                  earlier: Sequence[str] = ()) -> str:
     """Claim, train and store one cell; return its status, or `elsewhere` if another runner has it."""
     if not claim_pending(cell, store, options.retry_failed):
         return "elsewhere"
@@ -185,9 +208,18 @@ def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
         def beat(row: dict[str, float]) -> None:
             store.heartbeat(cell.run_id)
             on_epoch(row)
-        return store_record(cell, store, run_cell(cell, options, beat))
+        return store_record(cell, store, run_cell(cell, options, beat, earlier))
     finally:
         store.release(cell.run_id)
+
+
+def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error: str) -> bool:
+    """Note a dead worker or node under `cell`; True if the cell gets another attempt."""
+    attempts = len(earlier) + 1
+    if attempts > options.max_retries:
+        return False
+    tqdm.write(f"retrying: {cell.label()} (attempt {attempts + 1} of {options.max_retries + 1}): {error}")
+    return True
 
 
 def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
@@ -208,7 +240,8 @@ def _worker(conn: Connection, device: str, threads: int, options: RunOptions) ->
     torch.set_num_threads(threads)
     options = replace(options, device=torch.device(device))
     while (job := conn.recv()) is not None:
-        conn.send(train_claimed(*job, options))
+        cell, store, earlier = job
+        conn.send(train_claimed(cell, store, options, earlier=earlier))
 
 
 @dataclass
@@ -218,20 +251,22 @@ class _Slot:
     device: str
     process: BaseProcess
     conn: Connection
-    job: tuple[Cell, ResultStore] | None = None
+    job: Job | None = None
 
 
-def lost_record(cell: Cell, options: RunOptions, error: str, detail: str) -> dict[str, Any]:
-    """The record of a cell whose worker process died: there is no environment or history to tell."""
-    return {**cell_record(cell), "status": "failed", "execution": options.placement(), "error": error,
-            "traceback": detail, "wall_seconds": None}
+def lost_record(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error: str,
+                detail: str) -> dict[str, Any]:
+    """The record of a cell whose worker died on every attempt: no environment or history to tell."""
+    return {**cell_record(cell, earlier), "status": "failed", "execution": options.placement(),
+            "error": error, "traceback": detail, "wall_seconds": None}
 
 
 def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     """Cells in `options.workers` spawned processes, each with its own device and thread share.
 
     Each worker holds one cell at a time and the parent knows which, so a worker that dies (killed
-    for memory, a crash in native code) fails only its own cell, and a new worker takes its place.
+    for memory, a crash in native code) costs only its own cell's attempt: a new worker takes its
+    place, and the cell is queued again up to `max_retries` times before it is recorded failed.
     """
     ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
     if options.device.type == "cuda" and options.device.index is None:
@@ -239,7 +274,7 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     else:
         devices = [str(options.device)] * options.workers
     threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
-    queue = deque(todo)
+    queue: deque[Job] = deque((cell, store, ()) for cell, store in todo)
 
     def start(device: str) -> _Slot:
         parent, child = ctx.Pipe()
@@ -264,15 +299,19 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
                     statuses.append(conn.recv())
                 except (EOFError, ConnectionResetError):  # the worker died with its cell
                     slot.process.join()
-                    cell, store = slot.job
+                    cell, store, earlier = slot.job
                     code = slot.process.exitcode
-                    statuses.append(store_record(cell, store, lost_record(
-                        cell, options, f"WorkerDied: the worker process training this cell ended "
-                        f"with exit code {code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""),
-                        "no traceback: the process died")))
+                    error = (f"WorkerDied: the worker process training this cell ended with exit code "
+                             f"{code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""))
                     if not store.claim_alive(cell.run_id):
                         store.release(cell.run_id)
                     slots[slots.index(slot)] = slot = start(slot.device)
+                    if system_failure(cell, options, earlier, error):
+                        queue.append((cell, store, (*earlier, error)))
+                        hand_out(slot)
+                        continue
+                    statuses.append(store_record(cell, store, lost_record(
+                        cell, options, earlier, error, "no traceback: the process died")))
                 bar.update()
                 hand_out(slot)
     finally:
@@ -283,7 +322,7 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
             slot.process.terminate()
         for slot in busy:
             slot.process.join()
-            cell, store = slot.job
+            cell, store, _ = slot.job
             if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
                 store.release(cell.run_id)
     return statuses
@@ -299,11 +338,15 @@ def run_local(todo: Todo, options: RunOptions) -> Summary:
 HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well inside STALE_SECONDS
 
 
-def _ray_cell(cell: Cell, options: RunOptions) -> dict[str, Any]:
+def _ray_cell(cell: Cell, options: RunOptions, earlier: tuple[str, ...]) -> dict[str, Any]:
     """One cell inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
+    import ray
     import_plugins(options.plugins)  # Ray workers start with only the built-in registries
     torch.set_num_threads(options.cpus_per_run)
-    return run_cell(cell, replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu")))
+    record = run_cell(cell, replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu")),
+                      earlier=earlier)
+    record["execution"].update(host=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
+    return record
 
 
 def _check_reachable(address: str) -> None:
@@ -328,9 +371,9 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
     cell as it submits it (so other runners on the same results share the rest), renews the
     claims while the tasks run, and writes the records the tasks return into the store: workers
     need the data folder and the grid's plugin files (same paths on every node), but not the
-    results folder. A task whose worker dies (killed for memory, node lost) is recorded as
-    failed; Ray does not retry it, so a cell that kills its worker is not tried again until
-    `--retry-failed`.
+    results folder. A task whose worker or node dies (killed for memory, node lost) is submitted
+    again, keeping its claim, up to `max_retries` times; an exception raised by training itself is
+    recorded `failed` at once (Ray's own retries are off, so the driver decides which is which).
     """
     try:
         import ray
@@ -346,7 +389,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                      configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
-    running: dict[Any, tuple[Cell, ResultStore]] = {}
+    running: dict[Any, Job] = {}
     try:
         for resource, need in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
             have = _largest_node(ray, resource)
@@ -366,7 +409,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                 while queue and len(running) < in_flight:  # claim a cell only when submitting it
                     cell, store = queue.popleft()
                     if claim_pending(cell, store, options.retry_failed):
-                        running[task.remote(cell, options)] = (cell, store)
+                        running[task.remote(cell, options, ())] = (cell, store, ())
                     else:
                         statuses.append("elsewhere")
                         bar.update()
@@ -374,12 +417,18 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                     break
                 done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
                 for ref in done:
-                    cell, store = running.pop(ref)
+                    cell, store, earlier = running.pop(ref)
                     try:
                         record = ray.get(ref)
-                    except ray.exceptions.RayError as exc:  # the worker died: no environment to record
-                        record = lost_record(cell, options, f"{type(exc).__name__}: {str(exc).splitlines()[0]}",
-                                             str(exc))
+                    except ray.exceptions.RayTaskError as exc:  # raised outside training (e.g. unpickling)
+                        record = lost_record(cell, options, earlier, f"{type(exc).__name__}: "
+                                             f"{str(exc).splitlines()[0]}", str(exc))
+                    except ray.exceptions.RayError as exc:  # the worker or its node died
+                        error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                        if system_failure(cell, options, earlier, error):
+                            running[task.remote(cell, options, (*earlier, error))] = (cell, store, (*earlier, error))
+                            continue
+                        record = lost_record(cell, options, earlier, error, str(exc))
                     statuses.append(store_record(cell, store, record))
                     store.release(cell.run_id)
                     bar.update()
@@ -388,7 +437,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                     for cell, store in running.values():
                         store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
-        for ref, (cell, store) in running.items():
+        for ref, (cell, store, _) in running.items():
             if not started:  # a Ray we started goes down whole; a force-cancel that races the
                 ray.cancel(ref)  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
             store.release(cell.run_id)
@@ -410,6 +459,8 @@ def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions) -> Summ
     """
     run = EXECUTORS.lookup(options.executor)
     options = replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
+    for grid in grids:
+        ResultStore(results, grid.name).writable()
     todo = pending(grids, results, options.retry_failed)
     for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):
         DATASETS[dataset].load(options.data_root)

@@ -47,6 +47,13 @@ def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def param_defaults(name: str) -> dict[str, Any]:
+    """The default of every keyword parameter of model `name` that has one."""
+    parameters = list(inspect.signature(MODELS.lookup(name)).parameters.values())[2:]
+    return {p.name: p.default for p in parameters
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+
+
 def create_model(name: str, input_shape: Sequence[int], num_classes: int, **params: Any) -> nn.Module:
     """Build a registered model for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
     return MODELS.lookup(name)(tuple(input_shape), num_classes, **resolve_params(name, params))

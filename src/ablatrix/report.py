@@ -345,6 +345,11 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     total = res.runs["wall_seconds"].sum()
     lines += ["## Cost", "", f"Total wall time of stored runs: {total:.1f} s.", "",
               render(tables["cost"], "md", res.factors), ""]
+    damaged = [path for g in grids for path in ResultStore(results, g.name).damaged()]
+    if damaged:
+        lines += ["## Damaged records", "", "These files could not be read as records and were set "
+                  "aside; their cells count as not trained. Delete them once you have looked.", ""]
+        lines += [f"- `{path.relative_to(results).as_posix()}`" for path in damaged] + [""]
     failed = res.runs[res.runs["status"] == "failed"]
     if len(failed):
         lines += ["## Failed runs", ""]

@@ -155,6 +155,11 @@ def _read(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise AblatrixError(f"{path}: cannot read grid file: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise AblatrixError(f"{path}: not a text file in UTF-8 (byte {exc.start} is "
+                            f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
+    if not text.strip():
+        raise AblatrixError(f"{path}: the grid file is empty; it needs at least datasets and seeds")
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -247,13 +252,16 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             _fail(where, f"axes.{axis}: an axis varies a model.* or train.* field")
         _list_of(where, f"axes.{axis}", values, object, "a non-empty list of values")
 
-    variants = _table(where, "variants", doc.get("variants", {"base": {}}))
-    if not variants:
-        _fail(where, "variants is empty; leave it out for a single base variant")
+    variants = _table(where, "variants", doc.get("variants", {}))
     for vname, table in variants.items():
         for key in _table(where, f"variants.{vname}", table):
             if key not in VARIANT_KEYS:
                 _fail(where, f"variants.{vname}: unknown field {key}; allowed: {', '.join(VARIANT_KEYS)}")
+    # The grid's own model and train tables are always a variant: adding a variant (in the file or
+    # by --set) adds cells and never drops the base ones. A variant that changes nothing is the
+    # base under its own name; `[[exclude]] variant = "base"` drops it on purpose.
+    if not any(set(table) <= {"description"} for table in variants.values()):
+        variants = {"base": {}, **variants}
     for key, _ in parsed:
         if key in axes:
             _fail(where, f"--set {key} would be overridden by axes.{key}; set axes.{key} instead")

@@ -1,6 +1,13 @@
-"""The result store: one JSON file per run, written atomically, under <results>/<grid>/runs/."""
+"""The result store: one JSON file per run, written atomically, under <results>/<grid>/runs/.
+
+Files get the permissions a plain file written by the user would (the umask decides), so a
+group-writable results folder can be shared by a team. A record that cannot be read back (a
+truncated copy, a sync caught mid-write, a bad hand edit) is moved aside to
+`<run id>.json.damaged`, never overwritten, and its cell counts as not trained.
+"""
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -15,12 +22,36 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tqdm import tqdm
+
+from .config import SCHEMA, run_id_of
+from .errors import AblatrixError
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux allows (no race with threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
+    """mkstemp, but with the mode open() would give (mkstemp's is 0600, unreadable to a team)."""
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+    os.fchmod(fd, 0o666 & ~_umask())
+    return fd, tmp
 
 
 def atomic_write_text(path: Path, text: str) -> None:
     """Write `text` to `path` so that readers see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
@@ -33,10 +64,31 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 STALE_SECONDS = 600  # a claim from another host with no heartbeat for this long is abandoned
+REQUIRED = {"done": ("run_id", "config", "history", "best_epoch", "epochs_trained", "test", "wall_seconds"),
+            "failed": ("run_id", "config", "error")}
+
+
+def record_problem(record: Any, run_id: str) -> str | None:
+    """Why `record`, stored as `<run_id>.json`, cannot be used; None if it can."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    status = record.get("status")
+    if status not in REQUIRED:
+        return f"status {status!r} is neither done nor failed"
+    missing = [key for key in REQUIRED[status] if key not in record]
+    if missing:
+        return f"lacks {', '.join(missing)}"
+    if record["run_id"] != run_id:
+        return f"says run_id {record['run_id']!r}"
+    return None
 
 
 class ResultStore:
-    """Run records of one grid, keyed by run id."""
+    """Run records of one grid, keyed by run id.
+
+    `records()` is the way in: it moves damaged records aside and re-keys records of an older
+    schema (see `config`), so call it before asking for single records with `get`.
+    """
 
     def __init__(self, results: Path, grid: str) -> None:
         self.dir = Path(results) / grid
@@ -46,17 +98,82 @@ class ResultStore:
         return self.runs_dir / f"{run_id}.json"
 
     def get(self, run_id: str) -> dict[str, Any] | None:
-        try:
-            return json.loads(self.path(run_id).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
+        """The record of `run_id`; None if there is none or it was damaged (then moved aside)."""
+        return self._read(self.path(run_id))
 
     def put(self, record: dict[str, Any]) -> None:
         atomic_write_text(self.path(record["run_id"]), json.dumps(record, indent=1) + "\n")
 
     def records(self) -> dict[str, dict[str, Any]]:
-        return {p.stem: json.loads(p.read_text(encoding="utf-8"))
-                for p in sorted(self.runs_dir.glob("*.json"))}
+        """Every usable record by run id, after moving damaged ones aside and migrating old ones."""
+        records = {}
+        for path in sorted(self.runs_dir.glob("*.json")):
+            record = self._read(path)
+            if record is not None and record.get("schema", 1) < SCHEMA:
+                record = self._migrate(path, record)
+            if record is not None:
+                records[record["run_id"]] = record
+        return records
+
+    def damaged(self) -> list[Path]:
+        """Records that were moved aside because they could not be used (kept for the user)."""
+        return sorted(self.runs_dir.glob("*.json.damaged*"))
+
+    def writable(self) -> None:
+        """Raise AblatrixError unless records can be written here (checked before training)."""
+        folder = self.runs_dir
+        while not folder.exists() and folder != folder.parent:  # probe where the first write lands
+            folder = folder.parent
+        try:
+            if not folder.is_dir():
+                raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
+            fd, tmp = _temp_file(folder, ".probe.", ".tmp")
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as exc:
+            raise AblatrixError(f"results folder {self.dir} cannot be written: "
+                                f"{exc.strerror or exc} ({folder})") from None
+
+    def _read(self, path: Path) -> dict[str, Any] | None:
+        try:
+            text = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            record = json.loads(text.decode("utf-8"))
+            problem = record_problem(record, path.stem)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            problem = f"not valid JSON ({exc})"
+        if problem is None:
+            return record
+        self._set_aside(path, problem)
+        return None
+
+    def _set_aside(self, path: Path, problem: str) -> None:
+        """Rename a damaged record to <name>.damaged (numbered if taken); never delete it."""
+        target = path.with_name(path.name + ".damaged")
+        n = 0
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.damaged.{n}")
+        try:
+            os.rename(path, target)
+        except FileNotFoundError:  # another process moved it first
+            return
+        tqdm.write(f"ablatrix: {path} {problem}; moved aside to {target.name}, its cell counts as "
+                   "not trained")
+
+    def _migrate(self, path: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+        """Re-key a record of an older schema under its current run id (same run, new name)."""
+        try:
+            run_id = run_id_of(record["config"])
+        except (AblatrixError, KeyError, TypeError):  # a plugin model not imported here
+            return record
+        migrated = {**record, "run_id": run_id, "schema": SCHEMA, "migrated_from": record["run_id"]}
+        if self._read(self.path(run_id)) is None:
+            self.put(migrated)
+        path.unlink(missing_ok=True)
+        return migrated
 
     # Claims: a cell being trained has <run id>.lock, created atomically (O_EXCL), holding the
     # owner's host and pid. A claim whose owner died (same host, pid gone; or no heartbeat for
@@ -73,7 +190,7 @@ class ResultStore:
         """
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-        fd, tmp = tempfile.mkstemp(dir=self.runs_dir, prefix=f".{run_id}.", suffix=".claim")
+        fd, tmp = _temp_file(self.runs_dir, f".{run_id}.", ".claim")
         try:
             with os.fdopen(fd, "w") as f:
                 f.write(owner)
