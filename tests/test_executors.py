@@ -1,8 +1,14 @@
 """Executors: every cell trained once, interrupted grids resume, failures recorded not fatal."""
 from __future__ import annotations
 
+import json
+import os
+import secrets
+import signal
+import subprocess
 import sys
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -155,6 +161,7 @@ RAY = replace(OPTIONS, executor="ray")
 
 FAULTY = """
 import os
+from pathlib import Path
 import torch
 from torch import nn
 from ablatrix import register_model
@@ -166,9 +173,14 @@ class Faulty(nn.Module):
         super().__init__()
         self.fault = fault
         self.net = nn.Sequential(nn.Flatten(), nn.Linear(torch.Size(input_shape).numel(), num_classes))
+        # training seeds torch with the cell's seed before building the model
+        self.marker = Path(__file__).with_name(f"died-{fault}-{torch.initial_seed()}")
 
     def forward(self, x):
         if self.training and self.fault == "exit":  # the worker process dies mid-training
+            os._exit(3)
+        if self.training and self.fault == "exit-once" and not self.marker.exists():
+            self.marker.touch()  # dies on the first attempt only, as on a lost node
             os._exit(3)
         out = self.net(x)
         return out * float("nan") if self.training and self.fault == "nan" else out
@@ -226,23 +238,31 @@ def faulty_grid(write_grid, tmp_path):
     (tmp_path / "faulty.py").write_text(FAULTY)
     yield load_grid(write_grid('name = "faulty"\nplugins = ["faulty.py"]\ndatasets = ["digits"]\n'
                                'seeds = [0, 1]\n[train]\nepochs = 1\n[model]\nname = "faulty"\n'
-                               '[axes]\nmodel.fault = ["none", "nan", "exit"]\n'))
+                               '[axes]\nmodel.fault = ["none", "nan", "exit", "exit-once"]\n'))
     del MODELS["faulty"]
 
 
-@pytest.mark.parametrize("options, died", [
+SYSTEM_FAILURES = pytest.mark.parametrize("options, died", [
     (replace(OPTIONS, workers=2), "WorkerDied: the worker process training this cell ended with exit code 3"),
     (RAY, "WorkerCrashedError: "),
 ], ids=["local-2-workers", "ray"])
+
+
+@SYSTEM_FAILURES
 def test_a_nan_loss_and_a_dead_worker_are_failed_records(faulty_grid, tmp_path, options, died):
-    """A NaN loss and a worker process that dies each fail only their own cell, with the reason; the grid goes on."""
-    summary = run_grids([faulty_grid], tmp_path, options)
-    assert (summary.trained, summary.failed) == (2, 4)
+    """A NaN loss fails its cell at once; a cell whose worker dies on every attempt fails after the
+    retries, with the reason; the grid goes on."""
+    summary = run_grids([faulty_grid], tmp_path, replace(options, max_retries=1))
+    assert (summary.trained, summary.failed) == (4, 4)
     records = ResultStore(tmp_path, "faulty").records().values()
-    by_fault = {f: [r for r in records if r["axes"]["model.fault"] == f] for f in ("none", "nan", "exit")}
+    by_fault = {f: [r for r in records if r["axes"]["model.fault"] == f] for f in ("none", "nan", "exit", "exit-once")}
     assert [r["status"] for r in by_fault["none"]] == ["done", "done"]
-    assert all(r["status"] == "failed" and r["error"].startswith("TrainingDiverged") for r in by_fault["nan"])
+    assert all(r["status"] == "failed" and r["error"].startswith("TrainingDiverged") and r["attempts"] == 1
+               for r in by_fault["nan"])
     assert all(r["status"] == "failed" and r["error"].startswith(died) for r in by_fault["exit"])
+    assert all(r["attempts"] == 2 and r["system_failures"][0].startswith(died) for r in by_fault["exit"])
+    assert all(r["status"] == "done" and r["attempts"] == 2 and len(r["system_failures"]) == 1
+               for r in by_fault["exit-once"])
     assert all(r["execution"]["executor"] == options.executor for r in records)
     assert not list(tmp_path.rglob("*.lock"))
     report = write_report([faulty_grid], tmp_path).read_text()  # a lost worker's record has no device
@@ -264,3 +284,139 @@ def test_ray_executor_without_ray_says_how_to_install_it(write_grid, tmp_path, m
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray now raises ImportError
     with pytest.raises(AblatrixError, match=r"pip install 'ablatrix\[ray\]'"):
         run_grids([load_grid(write_grid())], tmp_path, RAY)
+
+
+# --- a real multi-node Ray: a head and a second node as separate processes on this machine -----
+
+RAY_PORT = 6391
+RAY_BIN = str(Path(sys.executable).with_name("ray"))
+NODE_IDS = """
+import json, ray
+ray.init(address="127.0.0.1:%d", logging_level="ERROR")
+print(json.dumps({key: [n["NodeID"] for n in ray.nodes() if n["Alive"] and key in n["Resources"]]
+                  for key in ("head", "node2")}))
+""" % RAY_PORT
+
+
+def ray_start(env: dict[str, str], *args: str) -> subprocess.Popen:
+    """`ray start ... --block` in its own process group, so the node can be killed whole."""
+    return subprocess.Popen([RAY_BIN, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1", *args],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc): Ray's workers leave the node's process group."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def kill_node(process: subprocess.Popen) -> None:
+    """SIGKILL a node's processes (raylet, its workers, all below): what a lost machine looks like."""
+    for pid in [process.pid, *descendants(process.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    process.wait()
+
+
+@dataclass
+class Cluster:
+    address: str
+    env: dict[str, str]  # what a process needs to join: the cluster's auth token
+    nodes: list[subprocess.Popen]  # head, node2
+    ids: dict[str, str]  # "head" / "node2" -> Ray node id
+
+
+@pytest.fixture
+def ray_cluster():
+    """A Ray head (resource `head`) and a second node (resource `node2`), 1 CPU each, as separate
+    processes; every process of both is killed afterwards, whatever the test did."""
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    address = f"127.0.0.1:{RAY_PORT}"
+    nodes = [ray_start(env, "--head", f"--port={RAY_PORT}", "--include-dashboard=false",
+                       '--resources={"head": 1}')]
+    try:
+        deadline = time.monotonic() + 90
+        while subprocess.run([RAY_BIN, "status", f"--address={address}"], env=env, capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(1)
+        nodes.append(ray_start(env, f"--address={address}", '--resources={"node2": 1}'))
+        while True:
+            ids = json.loads(subprocess.run([sys.executable, "-c", NODE_IDS], env=env, capture_output=True,
+                                            text=True, check=True).stdout.splitlines()[-1])
+            if all(ids.values()):
+                break
+            assert time.monotonic() < deadline, "the second Ray node did not join"
+            time.sleep(1)
+        yield Cluster(address, env, nodes, {key: found[0] for key, found in ids.items()})
+    finally:
+        for process in reversed(nodes):
+            kill_node(process)
+
+
+CLUSTER_GRID = """
+name = "cluster"
+datasets = ["digits"]
+seeds = [0, 1, 2, 3, 4, 5]
+[train]
+epochs = 12
+patience = 0
+[model]
+conv = [16, 32]
+fc = [64]
+"""
+
+
+def run_on(cluster: Cluster, grid: Path, results: Path) -> subprocess.Popen:
+    """`ablatrix run GRID --executor ray --address ...`, as a user starts it on a cluster."""
+    return subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results),
+                             "--executor", "ray", "--address", cluster.address], env=cluster.env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.mark.slow
+def test_a_grid_runs_on_a_two_node_ray_cluster(write_grid, tmp_path, ray_cluster):
+    """With --address, every cell trains once, and both nodes of the cluster train cells."""
+    path = write_grid(CLUSTER_GRID)
+    driver = run_on(ray_cluster, path, tmp_path)
+    output = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 0, output
+    assert "trained 6, failed 0" in output
+    records = ResultStore(tmp_path, "cluster").records()
+    assert sorted(records) == sorted(c.run_id for c in load_grid(path).cells)
+    assert {r["execution"]["node_id"] for r in records.values()} == set(ray_cluster.ids.values())
+    assert all(r["attempts"] == 1 for r in records.values())
+
+
+@pytest.mark.slow
+def test_losing_a_ray_node_mid_grid_retrains_its_cells_on_the_survivor(write_grid, tmp_path, ray_cluster):
+    """A node killed while it trains a cell: the cell is retried on the other node and the grid completes."""
+    path = write_grid(CLUSTER_GRID)
+    store = ResultStore(tmp_path, "cluster")
+    driver = run_on(ray_cluster, path, tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(store.runs_dir.glob("*.json")):  # the other node is mid-cell by now
+        assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
+        time.sleep(0.1)
+    kill_node(ray_cluster.nodes[1])
+    output = driver.communicate(timeout=300)[0]
+    assert driver.returncode == 0, output
+    assert "trained 6, failed 0" in output and "retrying: " in output
+    records = store.records()
+    assert sorted(records) == sorted(c.run_id for c in load_grid(path).cells)
+    retried = [r for r in records.values() if r["attempts"] > 1]
+    assert retried and all(r["execution"]["node_id"] == ray_cluster.ids["head"] for r in retried)
+    assert not list(tmp_path.rglob("*.lock"))

@@ -385,8 +385,10 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
         if options.address:
             _check_reachable(options.address)
         try:
-            ray.init(address=options.address, include_dashboard=False, logging_level="ERROR",
-                     configure_logging=False)
+            # "local": a fresh Ray of our own; without it Ray joins any cluster it finds running
+            # on this machine (or in RAY_ADDRESS), a dead one included.
+            ray.init(address=options.address or "local", include_dashboard=False,
+                     logging_level="ERROR", configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
     running: dict[Any, Job] = {}
