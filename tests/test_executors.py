@@ -7,6 +7,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -365,6 +366,11 @@ def ray_cluster():
     finally:
         for process in reversed(nodes):
             kill_node(process)
+        # `ray start --head` names itself the machine's current cluster; a later plain ray.init()
+        # would try to join the dead one.
+        current = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+        if current.exists() and current.read_text().strip().endswith(f":{RAY_PORT}"):
+            current.unlink()
 
 
 CLUSTER_GRID = """

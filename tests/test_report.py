@@ -196,3 +196,83 @@ def test_missing_data_is_explained_in_the_report(write_grid, tmp_path):
     report = write_report([grid], tmp_path, data_dir=tmp_path / "no-data").read_text()
     assert "## Data not available here" in report
     assert "dataset 'cifar10' not found: expected data_batch_1" in report
+    assert str(tmp_path / "no-data") not in report and "<data>/cifar-10-batches-py" in report  # no machine paths
+
+
+TWO_FACTORS = TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3]").replace(
+    "model.batchnorm = [true, false]", "model.batchnorm = [true, false]\nmodel.dropout = [0.0, 0.5]")
+
+
+def planted_grid(write_grid, tmp_path, interaction: int, extra: str = ""):
+    """BN off costs 2/36 at dropout 0 and (2 + interaction)/36 at dropout 0.5; dropout itself costs
+    1/36; each seed shifts every cell by the same amount plus a 1/36 wobble on one corner."""
+    grid = load_grid(write_grid(TWO_FACTORS + extra))
+    store = ResultStore(tmp_path, grid.name)
+    for cell in grid.cells:
+        bn_off, drop = not cell.axes["model.batchnorm"], cell.axes["model.dropout"] > 0
+        seed = cell.config.seed
+        correct = 30 + seed - 2 * bn_off - drop - interaction * (bn_off and drop) - (seed % 2) * (bn_off and drop)
+        store.put(fabricate(cell, correct / 36))
+    return grid
+
+
+@pytest.mark.parametrize("interaction, detected", [(12, True), (0, False)])
+def test_a_planted_interaction_is_reported_first_and_marked(write_grid, tmp_path, interaction, detected):
+    """BN x dropout: detected and stated in Findings when planted, the main rows marked; absent otherwise."""
+    grid = planted_grid(write_grid, tmp_path, interaction)
+    report = write_report([grid], tmp_path, ["csv"]).read_text()
+    inter = pd.read_csv(tmp_path / "tiny" / "interactions.csv")
+    (row,) = inter.to_dict("records")
+    assert (row["factor_a"], row["factor_b"]) == ("model.batchnorm", "model.dropout")
+    assert row["mean"] == pytest.approx(-100 * (interaction + 0.5) / 36)  # the seeds' wobble averages 0.5/36
+    assert row["effect_at_base"] == pytest.approx(-200 / 36)
+    assert (row["verdict"] == "detected") is detected
+    findings = report.split("## Findings")[1].split("\n## ")[0]
+    assert ("**depends on** `model.dropout`" in findings) is detected
+    deltas = pd.read_csv(tmp_path / "tiny" / "deltas.csv", keep_default_na=False).set_index("factor")
+    assert (deltas.loc["model.batchnorm", "interacts_with"] == "model.dropout") is detected
+    assert report.index("## Findings") < report.index("## Test accuracy per configuration")
+    assert (tmp_path / "tiny" / "figures" / "interaction_model_batchnorm_x_model_dropout_digits.png").exists() is detected
+
+
+def test_effect_columns_verdicts_and_adjustment_in_the_csv(write_grid, tmp_path):
+    """deltas.csv carries p, Holm-adjusted p over main effects and interactions, P(improvement), verdict."""
+    grid = planted_grid(write_grid, tmp_path, 12)
+    write_report([grid], tmp_path, ["csv"])
+    deltas = pd.read_csv(tmp_path / "tiny" / "deltas.csv")
+    inter = pd.read_csv(tmp_path / "tiny" / "interactions.csv")
+    family = sorted([*deltas["p"], *inter["p"]])
+    assert sorted([*deltas["p_adjusted"], *inter["p_adjusted"]]) == pytest.approx(
+        sorted(holm_by_hand(family)))
+    bn = deltas.set_index("factor").loc["model.batchnorm"]
+    assert bn["p_improvement"] == 0.0 and bn["verdict"] == "worse" and bn["n"] == 8
+    per_class = pd.read_csv(tmp_path / "tiny" / "per_class_deltas.csv")
+    assert {"p", "p_adjusted", "p_improvement", "verdict", "seeds_needed"} <= set(per_class.columns)
+
+
+def holm_by_hand(p: list[float]) -> list[float]:
+    """Holm on already sorted p-values."""
+    m, out = len(p), []
+    for i, value in enumerate(p):
+        out.append(min(1.0, max([*out, (m - i) * value])))
+    return out
+
+
+def test_report_settings_change_verdicts_not_run_ids(write_grid, tmp_path):
+    """[report] margin decides `equivalent`; it is not part of any run id, so nothing retrains."""
+    plain = load_grid(write_grid(TWO_FACTORS))
+    wide = planted_grid(write_grid, tmp_path, 0, "\n[report]\nmargin = 10.0\nconfidence = 0.9\n")
+    assert [c.run_id for c in plain.cells] == [c.run_id for c in wide.cells]
+    report = write_report([wide], tmp_path, ["csv"]).read_text()
+    deltas = pd.read_csv(tmp_path / "tiny" / "deltas.csv").set_index("factor")
+    assert deltas.loc["model.dropout", "verdict"] == "equivalent"  # -1/36 = -2.8 pp, inside ±10
+    assert "inside ±10 pp" in report and "90% CI" in report
+
+
+def test_undecided_effects_say_how_many_seeds_would_decide_them(grid, tmp_path):
+    """With 2 seeds and a noisy effect, the verdict is undecided with a seeds estimate, not NaN."""
+    store_runs(grid, tmp_path, {(True, 0): 0.9, (True, 1): 0.8, (False, 0): 0.85, (False, 1): 0.9})
+    report = write_report([grid], tmp_path, ["csv"]).read_text()
+    (row,) = pd.read_csv(tmp_path / "tiny" / "deltas.csv").to_dict("records")
+    assert row["verdict"] == "undecided" and row["seeds_needed"] > 2
+    assert "would decide it if the spread holds" in report and "nan" not in report.lower()

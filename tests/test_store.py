@@ -72,6 +72,15 @@ def test_old_schema_records_move_to_their_current_run_id(tmp_path):
     assert list(store.records()) == [cell.run_id]  # a second read changes nothing
 
 
+def test_an_old_schema_record_whose_id_is_unchanged_is_kept(tmp_path):
+    """A schema-1 record whose id is already current only gains the schema; it is never deleted."""
+    cell = load_grid("ablations/quickstart.toml").cells[0]
+    store = ResultStore(tmp_path, "g")
+    store.put({k: v for k, v in record(cell.run_id, config=cell.config.to_dict()).items() if k != "schema"})
+    assert list(store.records()) == [cell.run_id]
+    assert store.get(cell.run_id)["schema"] == SCHEMA and "migrated_from" not in store.get(cell.run_id)
+
+
 @pytest.mark.parametrize("umask, mode", [(0o002, 0o664), (0o022, 0o644), (0o077, 0o600)])
 def test_records_and_claims_follow_the_umask(tmp_path, umask, mode):
     """Records, claims and report files get the mode a plain file would, so a team can share them."""

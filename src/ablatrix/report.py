@@ -6,6 +6,7 @@ report's statistics use finished runs only and count the others beside them.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from dataclasses import dataclass
@@ -19,8 +20,10 @@ from tabulate import tabulate
 from . import figures
 from .data import DATASETS, data_root
 from .errors import AblatrixError
-from .spec import Grid
-from .stats import CONFIDENCE, mark_best, paired_deltas, summarize, summarize_deltas
+from .figures import config_label
+from .spec import Grid, ReportSettings
+from .stats import (RESAMPLES, SEEDS_CAP, decide, interaction_deltas, mark_best, paired_deltas, summarize,
+                    summarize_deltas)
 from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
@@ -107,19 +110,12 @@ def collect(grids: Sequence[Grid], results: Path) -> Results:
     return Results(list(grids), runs_all, per_class_all, all_records, factors)
 
 
-def config_label(row: pd.Series | dict, factors: Sequence[str]) -> str:
-    """'base bn=true dropout=0.3' style label of one configuration, for figures and column heads."""
-    parts = [str(row[f]) for f in factors if f in ("grid", "variant")]
-    parts += [f"{f.split('.')[-1]}={row[f]}" for f in factors if f not in ("grid", "variant")]
-    return " ".join(parts)
-
-
-def accuracy_table(res: Results) -> pd.DataFrame:
+def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
     """Test accuracy (%) per configuration and dataset: mean, std, t-CI, seeds, best/tie, gaps."""
     keys = [*res.factors, "dataset"]
     status = res.runs.groupby(keys, sort=False)["status"].value_counts().unstack(fill_value=0)
     summary = res.done.groupby(keys, sort=False)["test_accuracy"].apply(
-        lambda s: summarize(100 * s)).unstack()
+        lambda s: summarize(100 * s, settings.confidence)).unstack()
     table = status.join(summary, how="left").reset_index()
     for column in ("done", "failed", "pending"):
         table[column] = table[column] if column in table else 0
@@ -142,25 +138,59 @@ def varied(res: Results) -> list[str]:
     return [f for f in res.factors if res.done[f].nunique() > 1]
 
 
-def delta_tables(res: Results) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Paired effects of every varied factor on accuracy, overall and per class (percentage points)."""
-    overall, per_class = [], []
+EFFECT_KEYS = ["factor", "comparison", "dataset"]
+INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b", "dataset"]
+# Main effects and interactions of a dataset are one family (Holm: few, and each may be acted on);
+# per-class effects of a dataset another (Benjamini-Hochberg: many, read as a screen).
+MAIN_METHOD, CLASS_METHOD = "holm", "bh"
+
+
+def _frame(frames: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+    if not frames:
+        return pd.DataFrame(columns=keys)
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[keys + [k for k in frame if k not in keys]]
+
+
+def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFrame]:
+    """Paired effects of every varied factor on accuracy (percentage points), overall and per
+    class, and the interaction of every pair of varied factors; each row with its adjusted p-value,
+    adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it."""
+    level = settings.confidence
     done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
     classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
-    for factor in varied(res):
+    overall, per_class, interactions = [], [], []
+    factors = varied(res)
+    for factor in factors:
         pairs = paired_deltas(done, factor, res.factors, "accuracy")
-        overall.append(summarize_deltas(pairs, ["comparison", "dataset"]).assign(factor=factor))
+        overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level).assign(factor=factor))
         class_pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
-        per_class.append(summarize_deltas(class_pairs, ["comparison", "dataset", "class_index", "class"]
+        per_class.append(summarize_deltas(class_pairs, ["comparison", "dataset", "class_index", "class"], level
                                           ).assign(factor=factor))
-    columns = ["factor", "comparison", "dataset"]
-    if not overall:
-        return pd.DataFrame(columns=columns), pd.DataFrame(columns=columns)
-
-    def factor_first(frames: list[pd.DataFrame]) -> pd.DataFrame:
-        frame = pd.concat(frames, ignore_index=True)
-        return frame[columns + [k for k in frame if k not in columns]]
-    return factor_first(overall), factor_first(per_class)
+    for a, b in itertools.combinations(factors, 2):
+        pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
+        if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
+            continue
+        by = ["comparison_a", "level_b", "base_b", "dataset"]
+        conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
+        interactions.append(summarize_deltas(pairs, by, level).join(conditional, on=by).assign(factor_a=a, factor_b=b))
+    main, inter = _frame(overall, EFFECT_KEYS), _frame(interactions, INTERACTION_KEYS)
+    family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
+                    ["dataset"], MAIN_METHOD, level, settings.margin)
+    main = family[family["kind"] == "main"].drop(columns=["kind", *INTERACTION_KEYS[:5], "effect_at_base",
+                                                          "effect_at_level"], errors="ignore")
+    inter = family[family["kind"] == "interaction"].drop(columns=["kind", "factor", "comparison"], errors="ignore")
+    inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
+                                                       "equivalent": "negligible", "undecided": "undecided"}))
+    detected = inter[inter["verdict"] == "detected"]
+    partners = {}
+    for row in detected.itertuples():
+        partners.setdefault((row.factor_a, row.dataset), set()).add(row.factor_b)
+        partners.setdefault((row.factor_b, row.dataset), set()).add(row.factor_a)
+    main["interacts_with"] = [", ".join(sorted(partners.get((f, d), ()))) for f, d in zip(main["factor"], main["dataset"])]
+    classes_decided = decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, level, settings.margin)
+    return {"deltas": main.reset_index(drop=True), "per_class_deltas": classes_decided,
+            "interactions": inter.reset_index(drop=True)}
 
 
 def cost_table(res: Results) -> pd.DataFrame:
@@ -221,12 +251,12 @@ def render(table: pd.DataFrame, fmt: str, verbatim: Sequence[str] = ()) -> str:
                     "latex_booktabs", disable_numparse=True)
 
 
-def _accuracy_md(table: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
+def _accuracy_md(table: pd.DataFrame, factors: Sequence[str], level: str) -> pd.DataFrame:
     shown = table[[*factors, "dataset"]].copy()
     shown["accuracy %"] = [("**" if m == "best" else "") + (f"{a:.2f} ± {s:.2f}" if n > 1 else _fmt(a))
                            + ("**" if m == "best" else "") for a, s, n, m in
                            zip(table["mean"], table["std"], table["n"], table["mark"])]
-    shown["95% CI"] = [f"[{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else "" for lo, hi in
+    shown[f"{level} CI"] = [f"[{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else "" for lo, hi in
                        zip(table["ci_low"], table["ci_high"])]
     shown["seeds"] = table["n"]
     shown["failed / pending"] = [f"{f} / {p}" if f or p else "" for f, p in
@@ -243,23 +273,102 @@ def _per_class_md(per_class: pd.DataFrame, res: Results, dataset: str) -> pd.Dat
         ).drop(columns="class_index")
 
 
-def _deltas_md(deltas: pd.DataFrame) -> pd.DataFrame:
+def _interval(low: float, high: float, signed: bool = True) -> str:
+    if math.isnan(low):
+        return "n/a"
+    return f"[{low:+.2f}, {high:+.2f}]" if signed else f"[{low:.2f}, {high:.2f}]"
+
+
+def _seeds(needed: float, n: int) -> str:
+    """What an undecided effect still needs, in words a reader can act on."""
+    if math.isnan(needed):
+        return "≥ 2 pairs to estimate the spread" if n < 2 else ""
+    return f"> {SEEDS_CAP}" if math.isinf(needed) else f"{needed:.0f}"
+
+
+def _deltas_md(deltas: pd.DataFrame, confidence: float) -> pd.DataFrame:
     return pd.DataFrame({
         "factor": deltas["factor"], "comparison": deltas["comparison"], "dataset": deltas["dataset"],
         "mean Δ (pp)": [f"{m:+.2f}" for m in deltas["mean"]],
-        "95% CI": [f"[{lo:+.2f}, {hi:+.2f}]" if not math.isnan(lo) else "" for lo, hi in
-                   zip(deltas["ci_low"], deltas["ci_high"])],
+        f"{confidence:.0%} CI, adjusted": [_interval(lo, hi) for lo, hi in
+                                          zip(deltas["ci_low_adjusted"], deltas["ci_high_adjusted"])],
+        "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in deltas["p_adjusted"]],
+        "P(improvement)": [f"{p:.2f} {_interval(lo, hi, False)}" if not math.isnan(lo) else f"{p:.2f}"
+                           for p, lo, hi in zip(deltas["p_improvement"], deltas["p_improvement_low"],
+                                                deltas["p_improvement_high"])],
         "pairs": deltas["n"],
         "wins / ties / losses": [f"{w} / {t} / {lost}" for w, t, lost in
-                                 zip(deltas["wins"], deltas["ties"], deltas["losses"])]})
+                                 zip(deltas["wins"], deltas["ties"], deltas["losses"])],
+        "verdict": deltas["verdict"],
+        "seeds to decide": [_seeds(x, n) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
+        "depends on": deltas["interacts_with"]})
+
+
+def _interactions_md(interactions: pd.DataFrame, confidence: float) -> pd.DataFrame:
+    return pd.DataFrame({
+        "factor A (change)": interactions["factor_a"] + " " + interactions["comparison_a"],
+        "factor B (levels)": interactions["factor_b"] + " " + interactions["base_b"] + " → " + interactions["level_b"],
+        "dataset": interactions["dataset"],
+        "A's effect at B's first level (pp)": [f"{m:+.2f}" for m in interactions["effect_at_base"]],
+        "at the other (pp)": [f"{m:+.2f}" for m in interactions["effect_at_level"]],
+        "interaction (pp)": [f"{m:+.2f}" for m in interactions["mean"]],
+        f"{confidence:.0%} CI, adjusted": [_interval(lo, hi) for lo, hi in
+                                          zip(interactions["ci_low_adjusted"], interactions["ci_high_adjusted"])],
+        "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in interactions["p_adjusted"]],
+        "pairs": interactions["n"], "verdict": interactions["verdict"],
+        "seeds to decide": [_seeds(x, n) for x, n in zip(interactions["seeds_needed"], interactions["n"])]})
 
 
 def _class_deltas_md(class_deltas: pd.DataFrame, dataset: str) -> pd.DataFrame:
+    """Mean Δ per class and effect; `*` where the BH-adjusted interval excludes 0."""
     rows = class_deltas[class_deltas["dataset"] == dataset]
     effect = rows["factor"].str.split(".").str[-1] + ": " + rows["comparison"].astype(str)
-    return rows.assign(effect=effect).pivot_table(index=["class_index", "class"], columns="effect",
-                                                  values="mean", sort=False).reset_index(
-        ).drop(columns="class_index")
+    shown = [f"{m:+.2f}" + ("*" if v in ("better", "worse") else "") for m, v in zip(rows["mean"], rows["verdict"])]
+    return rows.assign(effect=effect, shown=shown).pivot_table(
+        index=["class_index", "class"], columns="effect", values="shown", aggfunc="first", sort=False
+    ).reset_index().drop(columns="class_index")
+
+
+def _effect_sentence(row: Any, margin: float) -> str:
+    change = f"`{row.factor}` {row.comparison}"
+    evidence = (f"{row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
+                f"P(improvement) {row.p_improvement:.2f}"
+                + (f" {_interval(row.p_improvement_low, row.p_improvement_high, False)}"
+                   if not math.isnan(row.p_improvement_low) else "") + f", {row.n} pairs")
+    depends = f"; but it depends on {row.interacts_with} (see Interactions)" if row.interacts_with else ""
+    if row.verdict in ("better", "worse"):
+        word = "raises" if row.verdict == "better" else "lowers"
+        return f"- {change} **{word}** test accuracy ({evidence}){depends}."
+    if row.verdict == "equivalent":
+        return f"- {change} makes **no practical difference** (inside ±{margin:g} pp: {evidence}){depends}."
+    if row.n < 2:
+        return f"- {change}: undecided ({row.mean:+.2f} pp from {row.n} pair; run at least 2 seeds to estimate its spread)."
+    seeds = _seeds(row.seeds_needed, row.n)
+    more = f"more than {SEEDS_CAP} seeds" if seeds.startswith(">") else f"about {seeds} seeds"
+    return f"- {change}: undecided ({evidence}); {more} would decide it if the spread holds{depends}."
+
+
+def _interaction_sentence(row: Any) -> str:
+    return (f"- `{row.factor_a}`'s effect ({row.comparison_a}) **depends on** `{row.factor_b}`: "
+            f"{row.effect_at_base:+.2f} pp at {row.base_b}, {row.effect_at_level:+.2f} pp at {row.level_b} "
+            f"(difference {row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
+            f"{row.n} pairs).")
+
+
+def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float) -> list[str]:
+    """Findings of one dataset, decided first and largest first, in sentences."""
+    deltas = tables["deltas"][tables["deltas"]["dataset"] == dataset]
+    deltas = deltas.reindex(deltas["mean"].abs().sort_values(ascending=False).index)
+    interactions = tables["interactions"]
+    interactions = interactions[(interactions["dataset"] == dataset) & (interactions["verdict"] == "detected")]
+    interactions = interactions.reindex(interactions["mean"].abs().sort_values(ascending=False).index)
+    decided = deltas[deltas["verdict"].isin(["better", "worse", "equivalent"])]
+    open_ = deltas[deltas["verdict"] == "undecided"]
+    lines = [f"### {dataset}", ""]
+    lines += [_effect_sentence(r, margin) for r in decided.itertuples()] or ["- No effect is decided yet."]
+    lines += [_interaction_sentence(r) for r in interactions.itertuples()]
+    lines += [_effect_sentence(r, margin) for r in open_.itertuples()]
+    return lines + [""]
 
 
 def _provenance(records: list[dict[str, Any]]) -> list[str]:
@@ -275,33 +384,74 @@ def report_dir(grids: Sequence[Grid], results: Path) -> Path:
     return Path(results) / "+".join(g.name for g in grids)
 
 
+def report_settings(grids: Sequence[Grid]) -> ReportSettings:
+    """The grids' shared `[report]` settings; grids reported together must agree on them."""
+    settings = {g.report for g in grids}
+    if len(settings) > 1:
+        raise AblatrixError("grids reported together must share their [report] settings; they have "
+                            + "; ".join(f"{g.name}: margin {g.report.margin:g}, confidence {g.report.confidence:g}"
+                                        for g in grids))
+    return settings.pop()
+
+
+def _statistics_line(settings: ReportSettings) -> str:
+    level = f"{settings.confidence:.0%}"
+    return (f"- statistics: mean ± sample std over seeds; {level} CI is the Student-t interval of the mean; "
+            "paired differences match dataset, seed and every other factor. p-values (paired t-tests) are "
+            f"adjusted per dataset: main effects and interactions together by Holm–Bonferroni, per-class "
+            f"effects by Benjamini–Hochberg; an adjusted CI is the t-interval at the level whose bounds "
+            f"exclude 0 exactly when the adjusted p is below {1 - settings.confidence:g}. Verdicts: equivalent "
+            f"when the adjusted CI lies inside ±{settings.margin:g} pp, else better / worse when it excludes 0, "
+            "else undecided, with the seeds that would decide it if the observed mean and spread held "
+            f"(capped at {SEEDS_CAP}). P(improvement): share of paired runs the change wins, ties half, with a "
+            f"{level} percentile bootstrap over the pairs ({RESAMPLES:,} resamples). Figure bands and bars are "
+            "± 1 std over seeds, except the interaction figures' (t-intervals).")
+
+
 def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = ("md",),
                  data_dir: Path | None = None) -> Path:
     """Rewrite the tables, figures and REPORT.md of `grids` from their stored records alone."""
+    settings = report_settings(grids)
     res = collect(grids, results)
     out = report_dir(grids, results)
-    missing = unavailable_data(grids, res.done, data_root(data_dir))
+    root = data_root(data_dir)
+    # A committed report must not carry this machine's folders: name the data folder by its rule.
+    missing = {name: message.replace(str(root), "<data>")
+               for name, message in unavailable_data(grids, res.done, root).items()}
     counts = res.runs["status"].value_counts()
     paths = " ".join(g.path.as_posix() for g in grids)
     datasets = list(dict.fromkeys(res.runs["dataset"]))
+    tables: dict[str, pd.DataFrame] = {}
+    if not res.done.empty:
+        tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
+                  "cost": cost_table(res), **effect_tables(res, settings)}
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
     lines += [f"Grid file(s) `{paths}`: {len(res.runs)} cells ({counts.get('done', 0)} done, "
               f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending). "
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
+    if tables:
+        lines += ["## Findings", "",
+                  "Decided effects first (largest first), then interactions, then what is still open. "
+                  "Each effect changes one factor from its first value, everything else equal; the "
+                  "numbers are test accuracy differences in percentage points (pp).", ""]
+        for dataset in datasets:
+            if dataset in set(res.done["dataset"]) and len(tables["deltas"]):
+                lines += findings(tables, dataset, settings.margin)
+        if not len(tables["deltas"]):
+            lines += ["Nothing varies yet, or no complete pairs.", ""]
     lines += [f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
     finished = [r for r in res.records.values() if r["status"] == "done"]  # the numbers' sources
     lines += _provenance(finished) if finished else []
     lines += ["- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
-    lines += [f"- statistics: mean ± sample std over seeds; {CONFIDENCE:.0%} CI is the Student-t "
-              "interval of the mean; paired differences match dataset, seed and every other factor; "
-              "figure bands and bars are ± 1 std over seeds", ""]
+    lines += [_statistics_line(settings), ""]
     if missing:
         lines += ["## Data not available here", "",
                   "No run of these datasets was made, because their files are not on this machine. "
                   f"To run them: put the files where the message says (or `ablatrix fetch NAME`), "
-                  f"then `ablatrix run {paths}` and `ablatrix report {paths}`.", ""]
+                  f"then `ablatrix run {paths}` and `ablatrix report {paths}`. `<data>` is `--data-dir`, "
+                  "else `$ABLATRIX_DATA`, else `~/.cache/ablatrix`.", ""]
         lines += [f"- `{name}`: {message}" for name, message in missing.items()] + [""]
     references = reference_table(res)
     if len(references):
@@ -314,26 +464,33 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         lines += ["## Published results beside ours", "",
                   render(shown[["source", "cells", "metric", "published %", "ours %", "ours − published (pp)"]],
                          "md", ["source", "cells", "metric"]), ""]
-    if res.done.empty:
+    if not tables:
         atomic_write_text(out / "REPORT.md", "\n".join(lines + ["No finished runs yet."]) + "\n")
         return out / "REPORT.md"
 
-    tables = {"accuracy": accuracy_table(res), "per_class_accuracy": per_class_table(res),
-              "cost": cost_table(res)}
-    tables["deltas"], tables["per_class_deltas"] = delta_tables(res)
     for name, table in tables.items():
         for fmt in set(formats) - {"md"}:
             atomic_write_text(out / f"{name}.{fmt}", render(table, fmt, res.factors))
-
-    figs = figures.draw_all(res, tables["accuracy"], out / "figures")
+    detected = tables["interactions"][tables["interactions"]["verdict"] == "detected"]
+    figs = figures.draw_all(res.done, res.per_class, res.records, res.factors, tables["accuracy"], detected,
+                            settings.confidence, out / "figures")
+    level = f"{settings.confidence:.0%}"
     lines += ["## Test accuracy per configuration", "",
-              "**Bold**: best mean per dataset; `tie`: mean inside the best's 95% CI.", "",
-              render(_accuracy_md(tables["accuracy"], res.factors), "md", res.factors), ""]
+              f"**Bold**: best mean per dataset; `tie`: mean inside the best's {level} CI.", "",
+              render(_accuracy_md(tables["accuracy"], res.factors, level), "md", res.factors), ""]
     lines += ["## Ablation effects (paired differences, percentage points)", "",
               "Each row changes one factor from its first value in the grid, everything else equal, "
-              "paired on dataset and seed.", ""]
-    lines += [render(_deltas_md(tables["deltas"]), "md") if len(tables["deltas"])
+              "paired on dataset and seed. `depends on`: a detected interaction (below), so the row's "
+              "average over the other factors is not the whole story.", ""]
+    lines += [render(_deltas_md(tables["deltas"], settings.confidence), "md") if len(tables["deltas"])
               else "Nothing varies yet, or no complete pairs.", ""]
+    if len(tables["interactions"]):
+        lines += ["## Interactions", "",
+                  "Does one factor's effect depend on another's level? Each row is A's effect at B's "
+                  "other level minus its effect at B's first level, paired on seed and every other "
+                  "factor; `detected` when the adjusted CI excludes 0.", ""]
+        lines += [_interaction_sentence(r) for r in detected.itertuples()] or ["No interaction detected."]
+        lines += ["", render(_interactions_md(tables["interactions"], settings.confidence), "md"), ""]
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue
@@ -341,6 +498,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   render(_per_class_md(tables["per_class_accuracy"], res, dataset), "md"), ""]
         if len(tables["per_class_deltas"]):
             lines += [f"### Per-class effects (mean Δ pp) on {dataset}", "",
+                      "`*`: the Benjamini–Hochberg adjusted interval excludes 0.", "",
                       render(_class_deltas_md(tables["per_class_deltas"], dataset), "md"), ""]
     total = res.runs["wall_seconds"].sum()
     lines += ["## Cost", "", f"Total wall time of stored runs: {total:.1f} s.", "",

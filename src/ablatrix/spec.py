@@ -14,14 +14,15 @@ import json
 import re
 import sys
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import ModelConfig, RunConfig, TrainConfig
+from .config import ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
+from .stats import CONFIDENCE, MARGIN
 from .train import OPTIMIZERS, SAMPLERS
 
 if sys.version_info >= (3, 11):
@@ -30,7 +31,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 GRID_KEYS = ("name", "description", "datasets", "seeds", "plugins", "train", "model", "axes",
-             "variants", "exclude", "references")
+             "variants", "exclude", "references", "report")
 METRICS = ("test_accuracy", "val_accuracy")  # what a published reference number is compared with
 VARIANT_KEYS = ("description", "model", "train")
 DEFAULT_MODEL = "convnet"
@@ -74,6 +75,14 @@ class Reference:
 
 
 @dataclass(frozen=True)
+class ReportSettings:
+    """How the report decides; not part of any run's identity, so changing it retrains nothing."""
+
+    margin: float = field(default=MARGIN, metadata=allowed(lambda v: v >= 0, "a number >= 0 (percentage points)"))
+    confidence: float = field(default=CONFIDENCE, metadata=allowed(lambda v: 0.5 <= v < 1, "a number in [0.5, 1)"))
+
+
+@dataclass(frozen=True)
 class Grid:
     name: str
     path: Path
@@ -85,6 +94,7 @@ class Grid:
     cells: tuple[Cell, ...]
     plugins: tuple[str, ...]  # resolved; worker processes import them too
     references: tuple[Reference, ...] = ()
+    report: ReportSettings = ReportSettings()
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -280,6 +290,7 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
                 _fail(where, f"exclude[{i}]: {key} is neither variant, dataset, seed nor an axis")
 
     references = _references(doc.get("references", []), axes, where)
+    report = build_dataclass(ReportSettings, _table(where, "report", doc.get("report", {})), where, "report.")
 
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     resolved = {}
@@ -338,7 +349,7 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
                 ref.matches(c.facts) for c in cells.values()):
             _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()), plugins, references)
+                tuple(cells.values()), plugins, references, report)
 
 
 def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:

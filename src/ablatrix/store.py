@@ -169,8 +169,12 @@ class ResultStore:
             run_id = run_id_of(record["config"])
         except (AblatrixError, KeyError, TypeError):  # a plugin model not imported here
             return record
-        migrated = {**record, "run_id": run_id, "schema": SCHEMA, "migrated_from": record["run_id"]}
-        if self._read(self.path(run_id)) is None:
+        migrated = {**record, "run_id": run_id, "schema": SCHEMA}
+        if run_id == path.stem:  # the id did not change: only the schema is new
+            self.put(migrated)
+            return migrated
+        migrated["migrated_from"] = path.stem
+        if self._read(self.path(run_id)) is None:  # else another process migrated it meanwhile
             self.put(migrated)
         path.unlink(missing_ok=True)
         return migrated
