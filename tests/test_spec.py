@@ -97,6 +97,9 @@ def edit(old: str, new: str) -> str:
     (edit('["digits"]', "[]"), "datasets = [] is not allowed"),
     (edit("[0, 1]", "[0, 0]"), "seeds = [0, 0] repeats a value"),
     (edit("[0, 1]", "[-1]"), "seeds = [-1] is not allowed"),
+    (edit("seeds = [0, 1]", "seeds = [0, 1]\nmax_seeds = 1"), "max_seeds = 1 is not allowed; expected an integer >= the 2 seeds"),
+    (TINY_GRID + "\n[report]\nmargin = -1\n", "report.margin = -1 is not allowed; expected a number >= 0"),
+    (TINY_GRID + "\n[report]\nconfidence = 1.0\n", "report.confidence = 1.0 is not allowed"),
     (edit("epochs = 2", 'epochs = "2"'), "train.epochs = '2' is not allowed; expected int"),
     (edit("epochs = 2", "epochs = 2\nlr = -0.1"), "train.lr = -0.1 is not allowed; expected a number > 0"),
     (edit("epochs = 2", 'epochs = 2\noptimizer = "adagrad"'), "choose from: adam, adamw, sgd"),
@@ -241,3 +244,12 @@ def test_reference_for_a_dataset_left_out_by_set_is_allowed(write_grid):
     grid = load_grid(write_grid(text), ['datasets=["digits"]'])
     assert grid.references[0].match == {"dataset": "mnist", "model.batchnorm": True}
     assert grid.references[0].value == 98.5 and grid.references[0].metric == "test_accuracy"
+
+
+def test_max_seeds_adds_optional_cells_with_unused_seeds(write_grid):
+    """max_seeds = 4 over seeds [0, 2] makes seeds 1 and 3 available to --until-decided, not run by default."""
+    grid = load_grid(write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 2]\nmax_seeds = 4")))
+    assert grid.extra_seeds == (1, 3)
+    assert {c.config.seed for c in grid.cells} == {0, 2} and {c.config.seed for c in grid.extra_cells} == {1, 3}
+    assert len(grid.extra_cells) == len(grid.cells)
+    assert grid.stored_cells([grid.extra_cells[0].run_id]) == (*grid.cells, grid.extra_cells[0])

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -11,8 +12,9 @@ from tabulate import tabulate
 
 from .errors import AblatrixError
 from .data import DATASETS, data_root
+from .adaptive import run_until_decided
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
-from .report import FORMATS, axis_value, write_report
+from .report import FORMATS, SEEDING_FILE, axis_value, report_dir, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
 
@@ -29,15 +31,19 @@ def _grids(args: argparse.Namespace) -> list[Grid]:
 def cmd_list(args: argparse.Namespace) -> int:
     for grid in _grids(args):
         records = ResultStore(args.results, grid.name).records()
+        cells = grid.stored_cells(records)
         rows = []
-        for cell in grid.cells:
+        for cell in cells:
             record = records.get(cell.run_id)
             rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
-                         *(axis_value(v) for v in cell.axes.values()), f"{cell.params:,}",
-                         record["status"] if record else "pending"])
-        print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells")
-        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes,
-                                      "params", "status"], tablefmt="simple"))
+                         *(axis_value(cell.axes.get(a, "—")) for a in grid.axes), f"{cell.params:,}",
+                         record["status"] if record else "pending"]
+                        + ([record.get("added_for", "") if record else ""] if grid.extra_seeds else []))
+        added = len(cells) - len(grid.cells)
+        print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells" + (
+            f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else ""))
+        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
+                       + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
     return 0
 
 
@@ -76,6 +82,15 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 def cmd_run(args: argparse.Namespace) -> int:
     grids = _grids(args)
+    if args.max_cells is not None and not args.until_decided:
+        raise AblatrixError("--max-cells goes with --until-decided")
+    if args.until_decided:
+        if args.max_cells is not None and args.max_cells < 0:
+            raise AblatrixError("--max-cells takes an integer >= 0")
+        outcome = run_until_decided(grids, args.results, _run_options(args), args.max_cells)
+        print(f"trained {outcome.trained} cells, the grid's seeds and {outcome.rounds} round(s) of added seeds; "
+              f"stopped: {json.loads((report_dir(grids, args.results) / SEEDING_FILE).read_text())['stopped']}")
+        return 0
     summary = run_grids(grids, args.results, _run_options(args))
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
           f"by another runner {summary.elsewhere}; records in {args.results}")
@@ -85,7 +100,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     for grid in _grids(args):
         status = grid_status(grid, args.results)
-        print(f"{grid.name}: {len(grid.cells)} cells: " +
+        added = f" + {status.added} added-seed cells" if status.added else ""
+        print(f"{grid.name}: {len(grid.cells)} cells{added}: " +
               ", ".join(f"{status.counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
         if status.stale:
             print(f"  {len(status.stale)} stored run(s) match no cell of the grid (it changed): "
@@ -155,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CUDA: train N cells at once on each GPU (default 1)")
             verb.add_argument("--retry-failed", action="store_true",
                               help="train cells whose stored record says failed again")
+            verb.add_argument("--until-decided", action="store_true",
+                              help="then add seeds (up to the grid's max_seeds) where effects are "
+                                   "undecided, round by round, until every effect is decided")
+            verb.add_argument("--max-cells", type=int, metavar="N",
+                              help="with --until-decided: train at most N cells in all")
             verb.add_argument("--max-retries", type=int, default=2, metavar="N",
                               help="train a cell again up to N times when its worker process or "
                                    "Ray node dies (default 2)")

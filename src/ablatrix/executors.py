@@ -127,6 +127,7 @@ class GridStatus:
     counts: Counter  # done | failed (from records) | running (claimed by a live process) | pending
     stale: list[str]  # stored run ids that no cell of the grid has any more (the grid was edited)
     damaged: list[Path]  # records moved aside because they could not be read
+    added: int  # cells of seeds beyond the grid's `seeds` that have records (run --until-decided)
 
 
 def grid_status(grid: Grid, results: Path) -> GridStatus:
@@ -134,9 +135,11 @@ def grid_status(grid: Grid, results: Path) -> GridStatus:
     store = ResultStore(results, grid.name)
     records = store.records()
     counts = Counter(records[c.run_id]["status"] if c.run_id in records
-                     else "running" if store.claim_alive(c.run_id) else "pending" for c in grid.cells)
-    ids = {cell.run_id for cell in grid.cells}
-    return GridStatus(counts, [run_id for run_id in records if run_id not in ids], store.damaged())
+                     else "running" if store.claim_alive(c.run_id) else "pending"
+                     for c in grid.stored_cells(records))
+    ids = {cell.run_id for cell in (*grid.cells, *grid.extra_cells)}
+    return GridStatus(counts, [run_id for run_id in records if run_id not in ids], store.damaged(),
+                      len(grid.stored_cells(records)) - len(grid.cells))
 
 
 def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> dict[str, Any]:
@@ -144,7 +147,8 @@ def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> dict[str, Any]:
     return {"run_id": cell.run_id, "schema": SCHEMA, "grid": cell.grid, "variant": cell.variant,
             "axes": cell.axes, "dataset": cell.config.dataset, "seed": cell.config.seed,
             "config": cell.config.to_dict(), "params": cell.params, "attempts": len(earlier) + 1,
-            **({"system_failures": list(earlier)} if earlier else {})}
+            **({"system_failures": list(earlier)} if earlier else {}),
+            **({"added_for": cell.reason} if cell.reason else {})}
 
 
 OOM_HINT = ("the cell needs more GPU memory than was free: train fewer cells per GPU "
@@ -453,6 +457,11 @@ EXECUTORS.register("local")(run_local)
 EXECUTORS.register("ray")(run_ray)
 
 
+def with_plugins(grids: Sequence[Grid], options: RunOptions) -> RunOptions:
+    """`options` carrying the grids' plugins, which worker processes import."""
+    return replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
+
+
 def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions) -> Summary:
     """Train every cell of `grids` that has no finished record in `results`, with `options.executor`.
 
@@ -460,7 +469,7 @@ def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions) -> Summ
     anything trains (AblatrixError), rather than failing each cell in turn.
     """
     run = EXECUTORS.lookup(options.executor)
-    options = replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
+    options = with_plugins(grids, options)
     for grid in grids:
         ResultStore(results, grid.name).writable()
     todo = pending(grids, results, options.retry_failed)

@@ -27,6 +27,7 @@ from .stats import (RESAMPLES, SEEDS_CAP, decide, interaction_deltas, mark_best,
 from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
+SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, written by `adaptive`
 METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy",
                   "test_loss", "wall_seconds", "status")
 FORMATS = ("md", "tex", "csv")
@@ -40,7 +41,7 @@ def axis_value(value: Any) -> Any:
 def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per cell: identity, one column per axis, cost, test metrics and status."""
     rows = []
-    for cell in grid.cells:
+    for cell in grid.stored_cells(records):
         record = records.get(cell.run_id)
         done = record is not None and record["status"] == "done"
         rows.append({
@@ -61,7 +62,7 @@ def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
 def per_class_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     """One row per finished run and class: accuracy with the correct/support counts behind it."""
     rows = []
-    for cell in grid.cells:
+    for cell in grid.stored_cells(records):
         record = records.get(cell.run_id)
         if record is None or record["status"] != "done":
             continue
@@ -88,16 +89,17 @@ class Results:
         return self.runs[self.runs["status"] == "done"]
 
 
-def collect(grids: Sequence[Grid], results: Path) -> Results:
-    """Read every grid's records, write its runs.csv and per_class.csv, and join them."""
+def collect(grids: Sequence[Grid], results: Path, write: bool = True) -> Results:
+    """Read every grid's records and join them; with `write`, also write runs.csv and per_class.csv."""
     runs, per_class, all_records = [], [], {}
     for grid in grids:
         store = ResultStore(results, grid.name)
-        ids = {c.run_id for c in grid.cells}
+        ids = {c.run_id for c in (*grid.cells, *grid.extra_cells)}
         records = {k: v for k, v in store.records().items() if k in ids}
         grid_runs, grid_classes = runs_frame(grid, records), per_class_frame(grid, records)
-        atomic_write_text(store.dir / "runs.csv", grid_runs.to_csv(index=False))
-        atomic_write_text(store.dir / "per_class.csv", grid_classes.to_csv(index=False))
+        if write:
+            atomic_write_text(store.dir / "runs.csv", grid_runs.to_csv(index=False))
+            atomic_write_text(store.dir / "per_class.csv", grid_classes.to_csv(index=False))
         runs.append(grid_runs.assign(grid=grid.name))
         per_class.append(grid_classes)
         all_records.update(records)
@@ -209,7 +211,7 @@ def reference_table(res: Results) -> pd.DataFrame:
     rows = []
     for grid in res.grids:
         for ref in grid.references:
-            ids = {c.run_id for c in grid.cells if ref.matches(c.facts)}
+            ids = {c.run_id for c in grid.stored_cells(res.records) if ref.matches(c.facts)}
             ours = 100 * res.done.loc[res.done["run_id"].isin(ids), ref.metric]
             rows.append({"source": ref.source, "cells": " ".join(f"{k}={v}" for k, v in ref.match.items()),
                          "metric": ref.metric, "published": ref.value, "ours": ours.mean(),
@@ -441,6 +443,12 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                 lines += findings(tables, dataset, settings.margin)
         if not len(tables["deltas"]):
             lines += ["Nothing varies yet, or no complete pairs.", ""]
+    seeding = out / SEEDING_FILE
+    if seeding.exists():
+        state = json.loads(seeding.read_text(encoding="utf-8"))
+        lines += [f"Seeds on demand: the last `ablatrix run --until-decided` ({state['at']}) stopped: "
+                  f"{state['stopped']}. Runs stored: {state['runs_stored']:,} of {state['runs_possible']:,} "
+                  "possible (max_seeds); the accuracy table's `seeds` column shows each configuration's.", ""]
     lines += [f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
     finished = [r for r in res.records.values() if r["status"] == "done"]  # the numbers' sources
     lines += _provenance(finished) if finished else []

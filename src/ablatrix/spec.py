@@ -30,8 +30,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-GRID_KEYS = ("name", "description", "datasets", "seeds", "plugins", "train", "model", "axes",
-             "variants", "exclude", "references", "report")
+GRID_KEYS = ("name", "description", "datasets", "seeds", "max_seeds", "plugins", "train", "model",
+             "axes", "variants", "exclude", "references", "report")
 METRICS = ("test_accuracy", "val_accuracy")  # what a published reference number is compared with
 VARIANT_KEYS = ("description", "model", "train")
 DEFAULT_MODEL = "convnet"
@@ -47,6 +47,7 @@ class Cell:
     axes: dict[str, Any]
     config: RunConfig
     params: int
+    reason: str = ""  # why a seed beyond the grid's `seeds` was added (`run --until-decided`)
 
     @property
     def run_id(self) -> str:
@@ -95,6 +96,13 @@ class Grid:
     plugins: tuple[str, ...]  # resolved; worker processes import them too
     references: tuple[Reference, ...] = ()
     report: ReportSettings = ReportSettings()
+    extra_seeds: tuple[int, ...] = ()  # seeds `run --until-decided` may add, up to max_seeds in all
+    extra_cells: tuple[Cell, ...] = ()  # the cells of those seeds: trained only where needed
+
+    def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
+        """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
+        ids = set(run_ids)
+        return self.cells + tuple(c for c in self.extra_cells if c.run_id in ids)
 
 
 def _fail(where: str, message: str) -> typing.NoReturn:
@@ -253,6 +261,11 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
     if min(seeds) < 0:
         _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
+    max_seeds = doc.get("max_seeds", len(seeds))
+    if not (_type_ok(max_seeds, int) and max_seeds >= len(seeds)):
+        _fail(where, f"max_seeds = {max_seeds!r} is not allowed; expected an integer >= the {len(seeds)} seeds")
+    unused = (s for s in itertools.count() if s not in seeds)
+    extra_seeds = [next(unused) for _ in range(max_seeds - len(seeds))]
     base = {"train": _table(where, "train", doc.get("train", {})),
             "model": _table(where, "model", doc.get("model", {}))}
 
@@ -318,12 +331,12 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     n_params: dict[tuple[str, str], int] = {}
     cells: dict[str, Cell] = {}
     used_rules = set()
-    for seed, dataset, (vname, i) in itertools.product(seeds, datasets, resolved):
+    for seed, dataset, (vname, i) in itertools.product([*seeds, *extra_seeds], datasets, resolved):
         context, train, model = resolved[vname, i]
         facts = cell_facts(vname, dataset, seed, combos[i])
         matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
         if matched:
-            used_rules.update(matched)
+            used_rules.update(matched if seed in seeds else ())
             continue
         key = (json.dumps(model.params, sort_keys=True) + model.name, dataset)
         if key not in n_params:
@@ -341,6 +354,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     for r in range(len(rules)):
         if r not in used_rules:
             _fail(where, f"exclude[{r}] = {exclude[r]!r} matches no cell")
+    extra = tuple(c for c in cells.values() if c.config.seed not in seeds)
+    cells = {k: c for k, c in cells.items() if c.config.seed in seeds}
     if not cells:
         _fail(where, "every cell is excluded")
     for i, ref in enumerate(references):
@@ -349,7 +364,7 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
                 ref.matches(c.facts) for c in cells.values()):
             _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()), plugins, references, report)
+                tuple(cells.values()), plugins, references, report, tuple(extra_seeds), extra)
 
 
 def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,125 @@
+"""Seeds on demand: train more seeds only where an effect is still undecided.
+
+`run_until_decided` trains a grid's own seeds, computes the report's verdicts, and for every
+undecided main effect adds the next seed to exactly the cells its pairs need (every configuration
+on either side of the comparison, so the new seed completes its pairs), trains that round as one
+batch with the chosen executor, and repeats until every effect is decided, the grid's `max_seeds`
+is reached for what is still open, or the `max_cells` budget is spent. Added seeds are ordinary
+cells (same run ids, records, claims and resume), so a second call continues from what is stored.
+Interactions and per-class effects are reported, not chased.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Sequence
+
+from .executors import EXECUTORS, RunOptions, run_grids, with_plugins
+from .report import SEEDING_FILE, axis_value, collect, effect_tables, report_dir, report_settings
+from .spec import Cell, Grid
+from .store import ResultStore, atomic_write_text
+
+Config = tuple  # (grid, variant, axis values..., dataset): a configuration on one dataset
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the verdicts ask for next: the cells of the next round, and the effects still open."""
+
+    cells: tuple[Cell, ...]  # each with `reason`: the effects it is added for
+    undecided: tuple[str, ...]  # every undecided main effect, capped or not
+    capped: tuple[str, ...]  # undecided ones whose configurations have every seed up to max_seeds
+
+
+@dataclass(frozen=True)
+class Outcome:
+    reason: str  # "decided" | "cap" | "budget" | "elsewhere" (another runner holds the round's cells)
+    trained: int  # cells trained by this call, the grid's own seeds included
+    rounds: int
+    plan: Plan  # the state it stopped in
+
+    def sentence(self, done: int, possible: int) -> str:
+        """Why seeding stopped, for the terminal and the report."""
+        if self.reason == "decided":
+            return f"all effects decided after {done:,} of {possible:,} possible runs"
+        if self.reason == "cap":
+            return f"seed cap (max_seeds) reached for: {', '.join(self.plan.capped)}"
+        if self.reason == "budget":
+            return (f"--max-cells budget spent ({self.trained} trained); still undecided: "
+                    f"{', '.join(self.plan.undecided)}")
+        return "another runner holds the next round's cells; run again to continue"
+
+
+def _config(values: dict[str, Any] | Cell, axes: Sequence[str]) -> Config:
+    if isinstance(values, Cell):
+        return (values.grid, values.variant, *(axis_value(values.axes[a]) if a in values.axes else "—"
+                                               for a in axes), values.config.dataset)
+    return (values["grid"], values["variant"], *(values[a] for a in axes), values["dataset"])
+
+
+def plan(grids: Sequence[Grid], results: Path) -> Plan:
+    """The next round for the stored records of `grids` (nothing if every effect is decided)."""
+    res = collect(grids, results, write=False)
+    if res.done.empty:
+        return Plan((), (), ())
+    deltas = effect_tables(res, report_settings(grids))["deltas"]
+    axes = list(dict.fromkeys(a for g in grids for a in g.axes))
+    cells = {(_config(c, axes), c.config.seed): c for g in grids for c in (*g.cells, *g.extra_cells)}
+    seeds = list(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
+    have: dict[Config, set[int]] = {}  # seeds with a record (failed ones too: not chased again)
+    for row in res.runs[res.runs["status"] != "pending"].to_dict("records"):
+        have.setdefault(_config(row, axes), set()).add(row["seed"])
+    added: dict[str, tuple[Cell, list[str]]] = {}
+    undecided, capped = [], []
+    for row in deltas[deltas["verdict"] == "undecided"].itertuples(index=False):
+        effect = f"{row.factor} {row.comparison} on {row.dataset}"
+        undecided.append(effect)
+        levels = list(dict.fromkeys(res.done[row.factor]))
+        level = next(v for v in levels[1:] if f"{v} − {levels[0]}" == row.comparison)
+        sides = res.runs[res.runs[row.factor].isin([levels[0], level]) & (res.runs["dataset"] == row.dataset)]
+        configs = {_config(r, axes) for r in sides.to_dict("records")}
+        seed = next((s for s in seeds if any(s not in have.get(c, ()) for c in configs)), None)
+        if seed is None:
+            capped.append(effect)
+            continue
+        for config in configs:
+            if seed not in have.get(config, ()) and (config, seed) in cells:  # not excluded
+                cell = cells[config, seed]
+                added.setdefault(cell.run_id, (cell, []))[1].append(effect)
+    batch = tuple(replace(cell, reason="; ".join(effects)) for cell, effects in added.values())
+    return Plan(batch, tuple(undecided), tuple(capped))
+
+
+def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
+                      max_cells: int | None = None) -> Outcome:
+    """Train the grids, then add seeds round by round where effects are undecided (module doc);
+    the outcome is also written to <report folder>/seeding.json for the report to state."""
+    trained = run_grids(grids, results, options).trained
+    options = with_plugins(grids, options)
+    rounds = 0
+    while True:
+        step = plan(grids, results)
+        if not step.cells:
+            outcome = Outcome("cap" if step.undecided else "decided", trained, rounds, step)
+            break
+        if max_cells is not None and trained + len(step.cells) > max_cells:
+            outcome = Outcome("budget", trained, rounds, step)
+            break
+        summary = EXECUTORS.lookup(options.executor)(
+            [(cell, ResultStore(results, cell.grid)) for cell in step.cells], options)
+        trained += summary.trained
+        rounds += 1
+        if summary.trained + summary.failed == 0:
+            outcome = Outcome("elsewhere", trained, rounds, step)
+            break
+    records = {k for g in grids for k, r in ResultStore(results, g.name).records().items()}
+    possible = sum(len(g.cells) + len(g.extra_cells) for g in grids)
+    done = sum(len(g.stored_cells(records)) for g in grids)
+    state = {"stopped": outcome.sentence(done, possible), "reason": outcome.reason, "rounds": rounds,
+             "trained_by_this_run": trained, "runs_stored": done, "runs_possible": possible,
+             "undecided": list(outcome.plan.undecided), "at_seed_cap": list(outcome.plan.capped),
+             "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_text(report_dir(grids, results) / SEEDING_FILE, json.dumps(state, indent=1) + "\n")
+    return outcome

@@ -1,0 +1,144 @@
+"""Seeds on demand: rounds add seeds only where effects are open, stop by themselves, and resume."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ablatrix import executors
+from ablatrix.adaptive import plan, run_until_decided
+from ablatrix.cli import main
+from ablatrix.executors import RunOptions, run_grids
+from ablatrix.report import write_report
+from ablatrix.spec import load_grid
+from ablatrix.store import ResultStore
+from ablatrix.train import classification_metrics
+
+from conftest import TINY_GRID
+
+OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
+GRID = """
+name = "adaptive"
+datasets = ["digits"]
+seeds = [0, 1]
+max_seeds = 6
+[model]
+conv = [4]
+[axes]
+model.batchnorm = [true, false]
+model.dropout = [0.0, 0.2, 0.5]
+"""
+TEST_SIZE = 1000
+
+
+def accuracy_of(config, effect_05: float, noise: float) -> float:
+    """Known accuracies: dropout 0.2 costs 20 pp and no BatchNorm 10 pp (both decided at once);
+    dropout 0.5 changes accuracy by `effect_05` pp with seed noise of sd `noise` pp on each run."""
+    dropout, batchnorm = config.model.params["dropout"], config.model.params["batchnorm"]
+    code = int(100 * dropout) + 7 * batchnorm
+    acc = 80.0 - 20.0 * (dropout == 0.2) - 10.0 * (not batchnorm) + effect_05 * (dropout == 0.5)
+    return acc + (np.random.default_rng(1000 * config.seed + code).normal(0, noise) if dropout == 0.5 else 0)
+
+
+@pytest.fixture
+def stub_trainer(monkeypatch):
+    """Replace training with known accuracies (a test double); `calls` lists the run ids trained."""
+    calls, settings = [], {"effect_05": 0.0, "noise": 1.0, "interrupt_at": None}
+
+    def train(config, data, device, execution, on_epoch):
+        if len(calls) == settings["interrupt_at"]:
+            raise KeyboardInterrupt
+        calls.append(config.run_id)
+        correct = round(TEST_SIZE * accuracy_of(config, settings["effect_05"], settings["noise"]) / 100)
+        y = torch.arange(TEST_SIZE) % 10
+        pred = torch.where(torch.arange(TEST_SIZE) < correct, y, (y + 1) % 10)
+        return {"params": 1, "history": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
+                                          "val_accuracy": 0.5, "seconds": 0.0}],
+                "best_epoch": 1, "epochs_trained": 1,
+                "test": classification_metrics(1.0, correct / TEST_SIZE, pred, y, 10)}
+    monkeypatch.setattr(executors, "train_run", train)
+    return calls, settings
+
+
+def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_path, stub_trainer):
+    """After the grid's seeds, dropout 0.2 is decided and 0.5 is not: the next round adds seed 2
+    to the dropout 0.0 and 0.5 cells only (both sides of the open comparison), for that reason."""
+    calls, settings = stub_trainer
+    grid = load_grid(write_grid(GRID))
+    run_grids([grid], tmp_path, OPTIONS)
+    step = plan([grid], tmp_path)
+    assert "model.dropout 0.5 − 0.0 on digits" in step.undecided
+    assert "model.dropout 0.2 − 0.0 on digits" not in step.undecided
+    assert {(c.axes["model.dropout"], c.axes["model.batchnorm"], c.config.seed) for c in step.cells} == {
+        (d, bn, 2) for d in (0.0, 0.5) for bn in (True, False)}
+    assert all("model.dropout 0.5 − 0.0 on digits" in c.reason for c in step.cells)
+
+
+def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer):
+    """A null effect with 1 pp noise cannot be decided within 6 seeds: seeding stops at the cap."""
+    calls, settings = stub_trainer
+    grid = load_grid(write_grid(GRID))
+    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    assert outcome.reason == "cap" and "model.dropout 0.5 − 0.0 on digits" in outcome.plan.capped
+    records = ResultStore(tmp_path, grid.name).records()
+    seeds_of = {}
+    for r in records.values():
+        seeds_of.setdefault(r["axes"]["model.dropout"], set()).add(r["seed"])
+    assert seeds_of[0.5] == set(range(6)) and seeds_of[0.2] == {0, 1}  # 0.2 never got a seed
+    assert len(calls) == len(set(calls)) == len(records)
+    state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
+    assert state["reason"] == "cap" and state["runs_stored"] == len(records) and state["runs_possible"] == 36
+
+
+def test_stops_when_every_effect_is_decided(write_grid, tmp_path, stub_trainer):
+    """A real −4 pp effect with 1.5 pp noise is undecided at 2 seeds and decided before the cap."""
+    calls, settings = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5)
+    grid = load_grid(write_grid(GRID))
+    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    assert outcome.reason == "decided" and outcome.rounds >= 1 and not outcome.plan.undecided
+    assert 12 < len(calls) < 36
+    report = write_report([grid], tmp_path).read_text()
+    assert f"stopped: all effects decided after {len(calls)} of 36 possible runs" in report
+    assert run_grids([grid], tmp_path, OPTIONS).trained == 0  # a plain run adds and removes nothing
+    assert len(ResultStore(tmp_path, grid.name).records()) == len(calls)
+
+
+def test_the_budget_stops_seeding(write_grid, tmp_path, stub_trainer):
+    """--max-cells caps the cells trained in all; the rest stays undecided and is said so."""
+    calls, settings = stub_trainer
+    grid = load_grid(write_grid(GRID))
+    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=16)
+    assert outcome.reason == "budget" and len(calls) == 16 and outcome.plan.undecided
+
+
+def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid, tmp_path, stub_trainer):
+    """Ctrl-C in the middle of a round; the next call completes that round, then goes on."""
+    calls, settings = stub_trainer
+    settings["interrupt_at"] = 14  # the grid's 12 cells, then 2 of the first added round's 4
+    grid = load_grid(write_grid(GRID))
+    with pytest.raises(KeyboardInterrupt):
+        run_until_decided([grid], tmp_path, OPTIONS)
+    assert len(ResultStore(tmp_path, grid.name).records()) == 14
+    settings["interrupt_at"] = None
+    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    assert outcome.reason == "cap"
+    assert len(calls) == len(set(calls)) == len(ResultStore(tmp_path, grid.name).records())
+
+
+@pytest.mark.slow
+def test_until_decided_end_to_end_with_the_real_trainer(write_grid, tmp_path, capsys):
+    """On a tiny real grid the CLI trains, adds seeds where needed, stops by itself and reports why."""
+    path = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1]\nmax_seeds = 3"))
+    assert main(["run", str(path), "--results", str(tmp_path), "--until-decided"]) == 0
+    out = capsys.readouterr().out
+    assert "stopped: " in out
+    assert main(["status", str(path), "--results", str(tmp_path)]) == 0
+    status = capsys.readouterr().out
+    records = ResultStore(tmp_path, "tiny").records()
+    assert len(records) >= 4 and f"{len(records)} done" in status
+    assert main(["report", str(path), "--results", str(tmp_path)]) == 0
+    assert "Seeds on demand: the last `ablatrix run --until-decided`" in (tmp_path / "tiny" / "REPORT.md").read_text()
