@@ -168,6 +168,16 @@ def test_several_grids_make_one_report(grid, write_grid, tmp_path):
     assert "8 cells (8 done" in report.read_text()
 
 
+def test_a_grid_where_nothing_varies(write_grid, tmp_path):
+    """One configuration: accuracy is reported, and the effects sections say nothing varies."""
+    grid = load_grid(write_grid(TINY_GRID.split("[axes]")[0]))
+    for cell in grid.cells:
+        ResultStore(tmp_path, grid.name).put(fabricate(cell, 0.75))
+    report = write_report([grid], tmp_path, ["csv"]).read_text()
+    assert "Nothing varies yet, or no complete pairs." in report
+    assert pd.read_csv(tmp_path / "tiny" / "deltas.csv").empty
+
+
 def test_no_finished_runs(grid, tmp_path):
     """A grid with nothing trained yet still gets a report saying so."""
     assert "No finished runs yet." in write_report([grid], tmp_path).read_text()

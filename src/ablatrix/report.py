@@ -22,8 +22,8 @@ from .data import DATASETS, data_root
 from .errors import AblatrixError
 from .figures import config_label
 from .spec import Grid, ReportSettings
-from .stats import (RESAMPLES, SEEDS_CAP, decide, interaction_deltas, mark_best, paired_deltas, summarize,
-                    summarize_deltas)
+from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best,
+                    paired_deltas, summarize, summarize_deltas)
 from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
@@ -147,9 +147,9 @@ INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b",
 MAIN_METHOD, CLASS_METHOD = "holm", "bh"
 
 
-def _frame(frames: list[pd.DataFrame], keys: list[str]) -> pd.DataFrame:
+def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] = SUMMARY_COLUMNS) -> pd.DataFrame:
     if not frames:
-        return pd.DataFrame(columns=keys)
+        return pd.DataFrame(columns=[*keys, *columns])
     frame = pd.concat(frames, ignore_index=True)
     return frame[keys + [k for k in frame if k not in keys]]
 
@@ -176,12 +176,13 @@ def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFr
         by = ["comparison_a", "level_b", "base_b", "dataset"]
         conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
         interactions.append(summarize_deltas(pairs, by, level).join(conditional, on=by).assign(factor_a=a, factor_b=b))
-    main, inter = _frame(overall, EFFECT_KEYS), _frame(interactions, INTERACTION_KEYS)
+    main = _frame(overall, EFFECT_KEYS)
+    inter = _frame(interactions, INTERACTION_KEYS, [*SUMMARY_COLUMNS, "effect_at_base", "effect_at_level"])
+    # One family per dataset: main effects and interactions are adjusted together.
     family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
                     ["dataset"], MAIN_METHOD, level, settings.margin)
-    main = family[family["kind"] == "main"].drop(columns=["kind", *INTERACTION_KEYS[:5], "effect_at_base",
-                                                          "effect_at_level"], errors="ignore")
-    inter = family[family["kind"] == "interaction"].drop(columns=["kind", "factor", "comparison"], errors="ignore")
+    main = family.loc[family["kind"] == "main", [*main.columns, *DECISION_COLUMNS]]
+    inter = family.loc[family["kind"] == "interaction", [*inter.columns, *DECISION_COLUMNS]]
     inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
                                                        "equivalent": "negligible", "undecided": "undecided"}))
     detected = inter[inter["verdict"] == "detected"]
