@@ -67,6 +67,7 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     """After the grid's seeds, dropout 0.2 is decided and 0.5 is not: the next round adds seed 2
     to the dropout 0.0 and 0.5 cells only (both sides of the open comparison), for that reason."""
     calls, settings = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
     run_grids([grid], tmp_path, OPTIONS)
     step = plan([grid], tmp_path)
@@ -77,20 +78,27 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     assert all("model.dropout 0.5 − 0.0 on digits" in c.reason for c in step.cells)
 
 
-def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer):
-    """A null effect with 1 pp noise cannot be decided within 6 seeds: seeding stops at the cap."""
+def test_an_effect_max_seeds_cannot_decide_is_not_chased(write_grid, tmp_path, stub_trainer):
+    """A null effect with 1 pp noise would need more than 6 seeds even if its spread held: no
+    seed is added for it, and the stop names it."""
     calls, settings = stub_trainer
     grid = load_grid(write_grid(GRID))
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert outcome.reason == "cap" and "model.dropout 0.5 − 0.0 on digits" in outcome.plan.capped
-    records = ResultStore(tmp_path, grid.name).records()
-    seeds_of = {}
-    for r in records.values():
-        seeds_of.setdefault(r["axes"]["model.dropout"], set()).add(r["seed"])
-    assert seeds_of[0.5] == set(range(6)) and seeds_of[0.2] == {0, 1}  # 0.2 never got a seed
-    assert len(calls) == len(set(calls)) == len(records)
+    assert (outcome.reason, outcome.rounds, outcome.trained) == ("cap", 0, 12)
+    assert outcome.plan.capped == ("model.dropout 0.5 − 0.0 on digits",)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
-    assert state["reason"] == "cap" and state["runs_stored"] == len(records) and state["runs_possible"] == 36
+    assert state["at_seed_cap"] == list(outcome.plan.capped) and state["runs_possible"] == 36
+    assert state["stopped"] == "max_seeds cannot decide: model.dropout 0.5 − 0.0 on digits"
+
+
+@pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 2", "cap")])
+def test_without_room_for_more_seeds_nothing_is_added(write_grid, tmp_path, stub_trainer, extra, reason):
+    """A grid whose max_seeds is its seed count (or unset) never adds a seed; open effects are named."""
+    calls, settings = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5)
+    grid = load_grid(write_grid(GRID.replace("max_seeds = 6", extra)))
+    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    assert outcome.reason == reason and outcome.plan.capped and len(calls) == 12
 
 
 def test_stops_when_every_effect_is_decided(write_grid, tmp_path, stub_trainer):
@@ -110,22 +118,23 @@ def test_stops_when_every_effect_is_decided(write_grid, tmp_path, stub_trainer):
 def test_the_budget_stops_seeding(write_grid, tmp_path, stub_trainer):
     """--max-cells caps the cells trained in all; the rest stays undecided and is said so."""
     calls, settings = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=16)
-    assert outcome.reason == "budget" and len(calls) == 16 and outcome.plan.undecided
+    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=14)
+    assert outcome.reason == "budget" and len(calls) == 12 and outcome.plan.undecided
 
 
 def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid, tmp_path, stub_trainer):
     """Ctrl-C in the middle of a round; the next call completes that round, then goes on."""
     calls, settings = stub_trainer
-    settings["interrupt_at"] = 14  # the grid's 12 cells, then 2 of the first added round's 4
+    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=13)  # the grid's 12, then 1 of the round's 4
     grid = load_grid(write_grid(GRID))
     with pytest.raises(KeyboardInterrupt):
         run_until_decided([grid], tmp_path, OPTIONS)
-    assert len(ResultStore(tmp_path, grid.name).records()) == 14
+    assert len(ResultStore(tmp_path, grid.name).records()) == 13
     settings["interrupt_at"] = None
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert outcome.reason == "cap"
+    assert outcome.reason == "decided" and len(calls) == 16  # the round completed, nothing twice
     assert len(calls) == len(set(calls)) == len(ResultStore(tmp_path, grid.name).records())
 
 

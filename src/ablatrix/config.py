@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from typing import Any, Callable
 
 from .models import param_defaults
@@ -59,7 +60,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored
 
-    @property
+    @cached_property  # a report over thousands of runs asks for each id many times
     def run_id(self) -> str:
         return run_id_of(self.to_dict())
 

@@ -1,7 +1,17 @@
-"""Report figures (seaborn), each saved as PNG and PDF: curves, per-class heatmaps, confusion, axes,
-interactions. Each takes the frames it draws (runs, per-class rows, records), never the report."""
+"""Report figures, each saved as PNG and PDF, that stay readable from 4 runs to thousands.
+
+Figures are organised by factor, not by configuration: learning curves and accuracy-vs-axis plots
+draw one line per level of a factor (averaged over the other factors, bands over seeds), and every
+level keeps one colour in every figure of a report. Per-configuration views (curves, the per-class
+heatmap) are drawn only while there are few configurations; beyond that the curves show the best
+few and the baseline, and the per-class view shows each factor level's per-class effect.
+
+Each function takes the frames it draws (runs, per-class rows, records, effect tables), never the
+report.
+"""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,6 +28,11 @@ from .stats import t_interval  # noqa: E402
 
 Figure = tuple[str, Path]  # (caption, PNG path)
 Records = dict[str, dict[str, Any]]
+Colours = dict[str, dict[Any, Any]]  # factor -> level -> colour
+MAX_CURVES = 8  # configurations drawn one by one in the learning curves; beyond: best few + baseline
+BEST_SHOWN = 3
+MAX_HEATMAP_ROWS = 24  # configurations in the per-class heatmap; beyond: per-class effects
+LABEL_WIDTH = 32  # characters before a label wraps
 
 
 def _save(fig: plt.Figure, folder: Path, stem: str) -> Path:
@@ -28,43 +43,139 @@ def _save(fig: plt.Figure, folder: Path, stem: str) -> Path:
     return folder / f"{stem}.png"
 
 
+def short(factor: str) -> str:
+    """'model.dropout' -> 'dropout': the short form used in every label."""
+    return factor.split(".")[-1]
+
+
 def config_label(row: pd.Series | dict, factors: Sequence[str]) -> str:
-    """'base bn=true dropout=0.3' style label of one configuration, for figures and column heads."""
+    """'base bn=true dropout=0.3' style label of one configuration, for figures and column heads;
+    pass only the factors that vary."""
     parts = [str(row[f]) for f in factors if f in ("grid", "variant")]
-    parts += [f"{f.split('.')[-1]}={row[f]}" for f in factors if f not in ("grid", "variant")]
-    return " ".join(parts)
+    parts += [f"{short(f)}={row[f]}" for f in factors if f not in ("grid", "variant")]
+    return " ".join(parts) or "all runs"
 
 
 def labelled(frame: pd.DataFrame, factors: Sequence[str]) -> pd.DataFrame:
-    return frame.assign(config=frame.apply(lambda r: config_label(r, factors), axis=1))
+    return frame.assign(config=[config_label(row, factors) for row in frame[list(factors)].to_dict("records")])
 
 
-def curves(done: pd.DataFrame, records: Records, factors: Sequence[str], dataset: str, folder: Path) -> Figure:
-    """Train and validation loss and accuracy per epoch, one line per configuration, band ± 1 std."""
-    rows = []
-    for run in labelled(done[done["dataset"] == dataset], factors).itertuples():
-        for h in records[run.run_id]["history"]:
+def _wrap(label: str) -> str:
+    return textwrap.fill(label, LABEL_WIDTH)
+
+
+def colours(done: pd.DataFrame, factors: Sequence[str]) -> Colours:
+    """One colour per level of each factor, in the grid's order, shared by every figure."""
+    table = {}
+    for factor in factors:
+        levels = list(dict.fromkeys(done[factor]))
+        palette = sns.color_palette("tab10" if len(levels) <= 10 else "husl", len(levels))
+        table[factor] = dict(zip(levels, palette))
+    return table
+
+
+def _legend(ax: plt.Axes, title: str) -> None:
+    """Beside the plot, in columns once it would grow taller than the plot."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        ax.legend(handles, labels, title=title, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  ncol=1 + (len(labels) - 1) // 12, frameon=False)
+
+
+def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) -> pd.DataFrame:
+    """Long per-epoch history of finished runs: factors, seed, epoch, split, metric, value."""
+    keys = ["run_id", "seed", *factors]
+    rows = [(*(run[k] for k in keys), h["epoch"], split, metric, h[f"{split}_{metric}"])
+            for run in done[keys].to_dict("records") for h in records[run["run_id"]]["history"]
+            for split in ("train", "val") for metric in ("loss", "accuracy")]
+    return pd.DataFrame(rows, columns=[*keys, "epoch", "split", "metric", "value"])
+
+
+def _band(ax: plt.Axes, rows: pd.DataFrame, colour: Any, split: str, label: str | None) -> None:
+    """Mean line (validation solid, train dashed) with a ± 1 std band where there is a std."""
+    rows = rows.sort_values("epoch")
+    ax.plot(rows["epoch"], rows["mean"], "-" if split == "val" else "--", color=colour, label=label, lw=1.2)
+    ax.fill_between(rows["epoch"], rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour,
+                    alpha=0.12, lw=0)
+
+
+def curves_by_factor(history: pd.DataFrame, factors: Sequence[str], palette: Colours, dataset: str,
+                     folder: Path) -> Figure:
+    """One row per varied factor: loss and accuracy per epoch, one line per level of the factor,
+    averaged over the other factors (per seed), band ± 1 std over seeds."""
+    fig, axes = plt.subplots(len(factors), 2, figsize=(9, 2.4 * len(factors)), squeeze=False)
+    for row, factor in zip(axes, factors):
+        per_seed = history.groupby([factor, "seed", "epoch", "split", "metric"], sort=False)["value"].mean()
+        summary = per_seed.groupby([factor, "epoch", "split", "metric"], sort=False).agg(["mean", "std"]).reset_index()
+        for ax, metric in zip(row, ("loss", "accuracy")):
+            for level, colour in palette[factor].items():
+                for split in ("train", "val"):
+                    rows = summary[(summary[factor] == level) & (summary["split"] == split) &
+                                   (summary["metric"] == metric)]
+                    _band(ax, rows, colour, split, str(level) if split == "val" else None)
+            ax.set(title=f"{short(factor)}: {metric}", xlabel="epoch", ylabel="")
+        _legend(row[1], short(factor))
+    fig.suptitle(f"{dataset}: learning curves by factor (solid: validation, dashed: train; "
+                 "band ± 1 std over seeds)", y=1.0)
+    fig.tight_layout()
+    return f"{dataset}: learning curves by factor", _save(fig, folder, f"curves_by_factor_{dataset}")
+
+
+def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str], dataset: str,
+           folder: Path) -> Figure:
+    """Loss and accuracy per epoch of each configuration while there are few; beyond MAX_CURVES,
+    of the best few by mean test accuracy and the baseline (the grid's first configuration)."""
+    history = labelled(history, factors)
+    table = labelled(accuracy[accuracy["dataset"] == dataset].dropna(subset=["mean"]), factors)
+    if len(table) <= MAX_CURVES:
+        shown = {config: _wrap(config) for config in table["config"]}
+        title = "learning curves"
+    else:
+        best = table.nlargest(BEST_SHOWN, "mean")["config"]
+        shown = {table["config"].iloc[0]: _wrap(f"baseline: {table['config'].iloc[0]}")}
+        shown.update({config: _wrap(f"best {i}: {config}") for i, config in enumerate(best, 1)})
+        title = f"learning curves of the best {BEST_SHOWN} of {len(table)} configurations and the baseline"
+    summary = (history[history["config"].isin(shown)]
+               .groupby(["config", "epoch", "split", "metric"], sort=False)["value"].agg(["mean", "std"]).reset_index())
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for (config, label), colour in zip(shown.items(), sns.color_palette("tab10", len(shown))):
             for split in ("train", "val"):
-                rows += [{"config": run.config, "seed": run.seed, "epoch": h["epoch"], "split": split,
-                          "metric": metric, "value": h[f"{split}_{metric}"]}
-                         for metric in ("loss", "accuracy")]
-    grid = sns.relplot(pd.DataFrame(rows), x="epoch", y="value", hue="config", style="split",
-                       col="metric", kind="line", errorbar="sd", facet_kws={"sharey": False},
-                       height=3.2, aspect=1.3)
-    grid.figure.suptitle(f"{dataset}: learning curves", y=1.03)
-    return f"{dataset}: learning curves", _save(grid.figure, folder, f"curves_{dataset}")
+                rows = summary[(summary["config"] == config) & (summary["split"] == split) & (summary["metric"] == metric)]
+                _band(ax, rows, colour, split, label if split == "val" else None)
+        ax.set(title=metric, xlabel="epoch")
+    _legend(axes[1], "configuration")
+    fig.suptitle(f"{dataset}: {title} (solid: validation, dashed: train; band ± 1 std over seeds)", y=1.02)
+    return f"{dataset}: {title}", _save(fig, folder, f"curves_{dataset}")
 
 
 def per_class_heatmap(per_class: pd.DataFrame, factors: Sequence[str], dataset: str, folder: Path) -> Figure:
-    """Mean per-class test accuracy, configurations x classes."""
+    """Mean per-class test accuracy, configurations x classes (few configurations only)."""
     rows = labelled(per_class[per_class["dataset"] == dataset], factors)
     matrix = rows.pivot_table(index="config", columns="class", values="accuracy", sort=False)
     matrix = matrix[[c for c in DATASETS[dataset].classes if c in matrix]]
+    matrix.index = [_wrap(label) for label in matrix.index]
     fig, ax = plt.subplots(figsize=(1 + 0.6 * matrix.shape[1], 1 + 0.4 * matrix.shape[0]))
     sns.heatmap(100 * matrix, annot=matrix.shape[1] <= 12, fmt=".0f", cmap="viridis", ax=ax,
                 cbar_kws={"label": "accuracy %"})
     ax.set(title=f"{dataset}: per-class test accuracy", xlabel="class", ylabel="")
     return f"{dataset}: per-class accuracy", _save(fig, folder, f"per_class_{dataset}")
+
+
+def per_class_effects(class_deltas: pd.DataFrame, dataset: str, folder: Path) -> Figure:
+    """Per-class effect (mean Δ pp against the factor's first value) of every factor level:
+    levels x classes, for grids with too many configurations for one row each."""
+    rows = class_deltas[class_deltas["dataset"] == dataset]
+    rows = rows.assign(effect=rows["factor"].map(short) + ": " + rows["comparison"].astype(str))
+    matrix = rows.pivot_table(index="effect", columns="class", values="mean", sort=False)
+    matrix = matrix[[c for c in DATASETS[dataset].classes if c in matrix]]
+    limit = float(np.nanmax(np.abs(matrix.to_numpy()))) or 1.0
+    fig, ax = plt.subplots(figsize=(1.5 + 0.6 * matrix.shape[1], 1 + 0.35 * matrix.shape[0]))
+    sns.heatmap(matrix, annot=matrix.shape[1] <= 12 and matrix.shape[0] <= 30, fmt=".1f", cmap="RdBu",
+                vmin=-limit, vmax=limit, ax=ax, cbar_kws={"label": "Δ accuracy, pp"})
+    ax.set(title=f"{dataset}: per-class effect of each factor level", xlabel="class", ylabel="")
+    return f"{dataset}: per-class effects (pp against each factor's first value)", \
+        _save(fig, folder, f"per_class_effects_{dataset}")
 
 
 def confusion(done: pd.DataFrame, records: Records, factors: Sequence[str], dataset: str, best_config: str,
@@ -79,22 +190,33 @@ def confusion(done: pd.DataFrame, records: Records, factors: Sequence[str], data
     fig, ax = plt.subplots(figsize=(1.5 + 0.5 * len(classes), 1 + 0.5 * len(classes)))
     sns.heatmap(normalised, annot=len(classes) <= 12, fmt=".2f", cmap="Blues", vmin=0, vmax=1,
                 xticklabels=classes, yticklabels=classes, ax=ax)
-    ax.set(title=f"{dataset}: confusion of {best_config}", xlabel="predicted", ylabel="true")
+    ax.set(title=_wrap(f"{dataset}: confusion of {best_config}"), xlabel="predicted", ylabel="true")
     return f"{dataset}: confusion matrix of the best configuration", _save(fig, folder, f"confusion_{dataset}")
 
 
-def accuracy_vs_axis(done: pd.DataFrame, factors: Sequence[str], dataset: str, axis: str, folder: Path) -> Figure:
-    """Test accuracy against a numeric axis, one line per value of the varied factor with fewest
-    values, averaged over the remaining factors and seeds; bars ± 1 std."""
-    done = done[done["dataset"] == dataset]
-    others = [f for f in factors if f != axis and done[f].nunique() > 1]
-    hue = min(others, key=lambda f: done[f].nunique()) if others else None
-    data = done.assign(accuracy=100 * done["test_accuracy"], **{axis: done[axis].astype(float)})
-    if hue:
-        data[hue] = data[hue].astype(str)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    sns.lineplot(data, x=axis, y="accuracy", hue=hue, errorbar="sd", err_style="bars", marker="o", ax=ax)
-    ax.set(title=f"{dataset}: accuracy vs {axis}", ylabel="test accuracy %")
+def accuracy_vs_axis(done: pd.DataFrame, factors: Sequence[str], palette: Colours, dataset: str, axis: str,
+                     folder: Path) -> Figure:
+    """Test accuracy against a numeric axis: one panel per other varied factor, one line per level
+    of it (averaged over the rest, per seed), bars ± 1 std over seeds; one line if nothing else varies."""
+    done = done[done["dataset"] == dataset].assign(accuracy=100 * done["test_accuracy"])
+    others = [f for f in factors if f != axis] or [None]
+    fig, axes = plt.subplots(1, len(others), figsize=(4.2 * len(others), 3.3), squeeze=False, sharey=True)
+    for ax, other in zip(axes[0], others):
+        keys = [axis] + ([other] if other else [])
+        per_seed = done.groupby([*keys, "seed"], sort=False)["accuracy"].mean()
+        summary = per_seed.groupby(keys, sort=False).agg(["mean", "std"]).reset_index()
+        levels = palette[other].items() if other else [(None, "tab:blue")]
+        for level, colour in levels:
+            rows = summary if other is None else summary[summary[other] == level]
+            rows = rows.assign(x=rows[axis].astype(float)).sort_values("x")
+            ax.errorbar(rows["x"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", ms=3, capsize=2,
+                        color=colour, label=None if other is None else str(level))
+        ax.set(title=f"by {short(other)}" if other else "", xlabel=axis, ylabel="test accuracy %")
+        if other:  # below its own panel, so it never covers the next one
+            ax.legend(title=short(other), fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3),
+                      ncol=min(5, len(palette[other])), frameon=False)
+    fig.suptitle(f"{dataset}: accuracy vs {axis} (bars ± 1 std over seeds)", y=1.02)
+    fig.tight_layout()
     stem = f"axis_{axis.replace('.', '_')}_{dataset}"
     return f"{dataset}: accuracy against {axis}", _save(fig, folder, stem)
 
@@ -103,43 +225,56 @@ def _numeric(values: pd.Series) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
 
-def interaction(done: pd.DataFrame, a: str, b: str, dataset: str, confidence: float, folder: Path) -> Figure:
+def interaction(done: pd.DataFrame, a: str, b: str, palette: Colours, dataset: str, confidence: float,
+                folder: Path) -> Figure:
     """Mean test accuracy at each level of `b` (x), one line per level of `a`, with t-intervals over
-    seeds (each seed's accuracy averaged over the other factors first; clipped to 0-100). Parallel lines: no
-    interaction; lines that cross or diverge: a's effect depends on b."""
+    seeds (each seed's accuracy averaged over the other factors first; clipped to 0-100). Parallel
+    lines: no interaction; lines that cross or diverge: a's effect depends on b."""
     done = done[done["dataset"] == dataset]
     per_seed = (100 * done.groupby([a, b, "seed"], sort=False)["test_accuracy"].mean()).reset_index()
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    b_levels = list(dict.fromkeys(done[b]))
-    for a_level, rows in per_seed.groupby(a, sort=False):
+    b_levels = list(palette[b])
+    for a_level, colour in palette[a].items():
+        rows = per_seed[per_seed[a] == a_level]
         mean, low, high = np.array([t_interval(rows.loc[rows[b] == level, "test_accuracy"].to_numpy(), confidence)
                                     for level in b_levels]).T
         low, high = np.clip(low, 0, 100), np.clip(high, 0, 100)  # accuracy bounds; 2 seeds give t(1) = 12.7
         error = np.nan_to_num([mean - low, high - mean])  # no bar where one seed gives no interval
-        ax.errorbar([str(v) for v in b_levels], mean, yerr=error, marker="o", capsize=3,
-                    label=f"{a.split('.')[-1]}={a_level}")
+        ax.errorbar([str(v) for v in b_levels], mean, yerr=error, marker="o", capsize=3, color=colour,
+                    label=str(a_level))
     ax.set(title=f"{dataset}: {a} x {b}", xlabel=b, ylabel="test accuracy %")
-    ax.legend(fontsize="small")
+    _legend(ax, short(a))
     stem = f"interaction_{a.replace('.', '_')}_x_{b.replace('.', '_')}_{dataset}"
     return f"{dataset}: interaction of {a} and {b} (mean ± {confidence:.0%} CI over seeds)", _save(fig, folder, stem)
 
 
 def draw_all(done: pd.DataFrame, per_class: pd.DataFrame, records: Records, factors: Sequence[str],
-             accuracy: pd.DataFrame, interactions: pd.DataFrame, confidence: float, folder: Path) -> list[Figure]:
-    """Every figure of the report. `accuracy` is the report's accuracy table (to find the best
-    configuration); `interactions` its detected interactions (factor_a, factor_b, dataset)."""
+             tables: dict[str, pd.DataFrame], confidence: float, folder: Path) -> list[Figure]:
+    """Every figure of the report. `factors` are those that vary; `tables` the report's tables:
+    `accuracy` (to find the best configuration), `per_class_deltas`, and `interactions` (the
+    detected ones are drawn). Figures that carry no information at a grid's size are not drawn."""
     sns.set_theme(style="whitegrid", context="paper")
-    table = labelled(accuracy.dropna(subset=["mean"]), factors)
+    palette = colours(done, factors)
+    shown = list(factors) or ["variant"]
+    accuracy = labelled(tables["accuracy"].dropna(subset=["mean"]), shown)
+    interactions = tables["interactions"]
+    detected = interactions[interactions["verdict"] == "detected"]
     drawn = []
     for dataset in dict.fromkeys(done["dataset"]):
-        rows = table[table["dataset"] == dataset]
-        best = rows.loc[rows["mean"].idxmax(), "config"]
-        drawn += [curves(done, records, factors, dataset, folder), per_class_heatmap(per_class, factors, dataset, folder),
-                  confusion(done, records, factors, dataset, best, folder)]
         runs = done[done["dataset"] == dataset]
-        drawn += [accuracy_vs_axis(done, factors, dataset, axis, folder) for axis in factors
+        history = history_frame(runs, records, shown)
+        rows = accuracy[accuracy["dataset"] == dataset]
+        if factors:
+            drawn.append(curves_by_factor(history, factors, palette, dataset, folder))
+        drawn.append(curves(history, tables["accuracy"], shown, dataset, folder))
+        if len(rows) <= MAX_HEATMAP_ROWS:
+            drawn.append(per_class_heatmap(per_class, shown, dataset, folder))
+        else:
+            drawn.append(per_class_effects(tables["per_class_deltas"], dataset, folder))
+        drawn.append(confusion(done, records, shown, dataset, rows.loc[rows["mean"].idxmax(), "config"], folder))
+        drawn += [accuracy_vs_axis(done, factors, palette, dataset, axis, folder) for axis in factors
                   if axis not in ("grid", "variant") and runs[axis].nunique() > 1 and _numeric(runs[axis])]
-        pairs = interactions[interactions["dataset"] == dataset]
-        drawn += [interaction(done, a, b, dataset, confidence, folder)
+        pairs = detected[detected["dataset"] == dataset]
+        drawn += [interaction(done, a, b, palette, dataset, confidence, folder)
                   for a, b in dict.fromkeys(zip(pairs["factor_a"], pairs["factor_b"]))]
     return drawn

@@ -20,7 +20,7 @@ from tabulate import tabulate
 from . import figures
 from .data import DATASETS, data_root
 from .errors import AblatrixError
-from .figures import config_label
+from .figures import MAX_HEATMAP_ROWS, config_label
 from .spec import Grid, ReportSettings
 from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best,
                     paired_deltas, summarize, summarize_deltas)
@@ -270,7 +270,7 @@ def _accuracy_md(table: pd.DataFrame, factors: Sequence[str], level: str) -> pd.
 
 def _per_class_md(per_class: pd.DataFrame, res: Results, dataset: str) -> pd.DataFrame:
     rows = per_class[per_class["dataset"] == dataset]
-    labels = rows.apply(lambda r: config_label(r, res.factors), axis=1)
+    labels = [config_label(r, varied(res) or ["variant"]) for r in rows.to_dict("records")]
     return rows.assign(config=labels).pivot_table(index=["class_index", "class"], columns="config",
                                                   values="accuracy", sort=False).reset_index(
         ).drop(columns="class_index")
@@ -481,8 +481,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         for fmt in set(formats) - {"md"}:
             atomic_write_text(out / f"{name}.{fmt}", render(table, fmt, res.factors))
     detected = tables["interactions"][tables["interactions"]["verdict"] == "detected"]
-    figs = figures.draw_all(res.done, res.per_class, res.records, res.factors, tables["accuracy"], detected,
-                            settings.confidence, out / "figures")
+    figs = figures.draw_all(res.done, res.per_class, res.records, varied(res), tables, settings.confidence,
+                            out / "figures")
     level = f"{settings.confidence:.0%}"
     lines += ["## Test accuracy per configuration", "",
               f"**Bold**: best mean per dataset; `tie`: mean inside the best's {level} CI.", "",
@@ -503,8 +503,11 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue
-        lines += [f"## Per-class accuracy (%) on {dataset}", "",
-                  render(_per_class_md(tables["per_class_accuracy"], res, dataset), "md"), ""]
+        configs = (tables["accuracy"]["dataset"] == dataset).sum()
+        lines += [f"## Per-class accuracy (%) on {dataset}", ""]
+        lines += [render(_per_class_md(tables["per_class_accuracy"], res, dataset), "md") if configs <= MAX_HEATMAP_ROWS
+                  else f"{configs} configurations: one column each would not read; `--format csv` writes them "
+                       "all to `per_class_accuracy.csv`, and the effects below say what each factor does per class.", ""]
         if len(tables["per_class_deltas"]):
             lines += [f"### Per-class effects (mean Δ pp) on {dataset}", "",
                       "`*`: the Benjamini–Hochberg adjusted interval excludes 0.", "",
