@@ -78,17 +78,22 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     assert all("model.dropout 0.5 − 0.0 on digits" in c.reason for c in step.cells)
 
 
-def test_an_effect_max_seeds_cannot_decide_is_not_chased(write_grid, tmp_path, stub_trainer):
-    """A null effect with 1 pp noise would need more than 6 seeds even if its spread held: no
-    seed is added for it, and the stop names it."""
+def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer):
+    """A null effect with 1 pp noise is not decided within 6 seeds: seeding stops at the cap,
+    having added seeds only to that comparison's cells."""
     calls, settings = stub_trainer
     grid = load_grid(write_grid(GRID))
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert (outcome.reason, outcome.rounds, outcome.trained) == ("cap", 0, 12)
-    assert outcome.plan.capped == ("model.dropout 0.5 − 0.0 on digits",)
+    assert outcome.reason == "cap" and outcome.plan.capped == ("model.dropout 0.5 − 0.0 on digits",)
+    records = ResultStore(tmp_path, grid.name).records()
+    seeds_of = {}
+    for r in records.values():
+        seeds_of.setdefault(r["axes"]["model.dropout"], set()).add(r["seed"])
+    assert seeds_of[0.5] == seeds_of[0.0] == set(range(6)) and seeds_of[0.2] == {0, 1}
+    assert len(calls) == len(set(calls)) == len(records) == 28
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
     assert state["at_seed_cap"] == list(outcome.plan.capped) and state["runs_possible"] == 36
-    assert state["stopped"] == "max_seeds cannot decide: model.dropout 0.5 − 0.0 on digits"
+    assert state["stopped"] == "seed cap (max_seeds) reached for: model.dropout 0.5 − 0.0 on digits"
 
 
 @pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 2", "cap")])

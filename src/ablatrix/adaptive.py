@@ -4,8 +4,9 @@
 undecided main effect adds the next seed to exactly the cells its pairs need (every configuration
 on either side of the comparison, so the new seed completes its pairs), trains that round as one
 batch with the chosen executor, and repeats until every effect is decided, the grid's `max_seeds`
-is reached for what is still open (or an open effect would need more than `max_seeds` seeds even if its
-mean and spread held: chasing it is futile), or the `max_cells` budget is spent. Added seeds are ordinary
+is reached for what is still open, or the `max_cells` budget is spent. (Stopping an effect early because its
+seeds estimate exceeds `max_seeds` was tried and dropped: on the quickstart it gave up on effects
+that 10 seeds do decide; see benchmarks/README.md.) Added seeds are ordinary
 cells (same run ids, records, claims and resume), so a second call continues from what is stored.
 Interactions and per-class effects are reported, not chased.
 """
@@ -31,8 +32,7 @@ class Plan:
 
     cells: tuple[Cell, ...]  # each with `reason`: the effects it is added for
     undecided: tuple[str, ...]  # every undecided main effect, capped or not
-    capped: tuple[str, ...]  # undecided ones that max_seeds cannot decide: every seed is there, or
-    # the seeds they need (if their mean and spread held) are more than max_seeds
+    capped: tuple[str, ...]  # undecided ones whose configurations have every seed up to max_seeds
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class Outcome:
         if self.reason == "decided":
             return f"all effects decided after {done:,} of {possible:,} possible runs"
         if self.reason == "cap":
-            return f"max_seeds cannot decide: {', '.join(self.plan.capped)}"
+            return f"seed cap (max_seeds) reached for: {', '.join(self.plan.capped)}"
         if self.reason == "budget":
             return (f"--max-cells budget spent ({self.trained} trained); still undecided: "
                     f"{', '.join(self.plan.undecided)}")
@@ -83,7 +83,7 @@ def plan(grids: Sequence[Grid], results: Path) -> Plan:
         sides = res.runs[res.runs[row.factor].isin([levels[0], level]) & (res.runs["dataset"] == row.dataset)]
         configs = {_config(r, axes) for r in sides.to_dict("records")}
         seed = next((s for s in seeds if any(s not in have.get(c, ()) for c in configs)), None)
-        if seed is None or row.seeds_needed > len(seeds):  # futile: more seeds would not decide it
+        if seed is None:
             capped.append(effect)
             continue
         for config in configs:

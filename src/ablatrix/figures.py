@@ -19,6 +19,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
@@ -79,7 +80,7 @@ def _legend(ax: plt.Axes, title: str) -> None:
     handles, labels = ax.get_legend_handles_labels()
     if handles:
         ax.legend(handles, labels, title=title, fontsize="small", loc="center left", bbox_to_anchor=(1.02, 0.5),
-                  ncol=1 + (len(labels) - 1) // 12, frameon=False)
+                  ncol=-(-len(labels) // 6), frameon=False)  # at most 6 rows: never taller than a panel
 
 
 def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) -> pd.DataFrame:
@@ -92,11 +93,12 @@ def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) 
 
 
 def _band(ax: plt.Axes, rows: pd.DataFrame, colour: Any, split: str, label: str | None) -> None:
-    """Mean line (validation solid, train dashed) with a ± 1 std band where there is a std."""
+    """Mean line, validation solid with a ± 1 std band (where there is a std), train dashed."""
     rows = rows.sort_values("epoch")
     ax.plot(rows["epoch"], rows["mean"], "-" if split == "val" else "--", color=colour, label=label, lw=1.2)
-    ax.fill_between(rows["epoch"], rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour,
-                    alpha=0.12, lw=0)
+    if split == "val":  # one band per line pair keeps the figure legible and its PDF small
+        ax.fill_between(rows["epoch"], rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour,
+                        alpha=0.15, lw=0)
 
 
 def curves_by_factor(history: pd.DataFrame, factors: Sequence[str], palette: Colours, dataset: str,
@@ -114,9 +116,10 @@ def curves_by_factor(history: pd.DataFrame, factors: Sequence[str], palette: Col
                                    (summary["metric"] == metric)]
                     _band(ax, rows, colour, split, str(level) if split == "val" else None)
             ax.set(title=f"{short(factor)}: {metric}", xlabel="epoch", ylabel="")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend(row[1], short(factor))
-    fig.suptitle(f"{dataset}: learning curves by factor (solid: validation, dashed: train; "
-                 "band ± 1 std over seeds)", y=1.0)
+    fig.suptitle(f"{dataset}: learning curves by factor (solid: validation with a band of ± 1 std over "
+                 "seeds; dashed: train)", y=1.0)
     fig.tight_layout()
     return f"{dataset}: learning curves by factor", _save(fig, folder, f"curves_by_factor_{dataset}")
 
@@ -144,8 +147,10 @@ def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str]
                 rows = summary[(summary["config"] == config) & (summary["split"] == split) & (summary["metric"] == metric)]
                 _band(ax, rows, colour, split, label if split == "val" else None)
         ax.set(title=metric, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     _legend(axes[1], "configuration")
-    fig.suptitle(f"{dataset}: {title} (solid: validation, dashed: train; band ± 1 std over seeds)", y=1.02)
+    fig.suptitle(textwrap.fill(f"{dataset}: {title} (solid: validation with a band of ± 1 std over seeds; "
+                               "dashed: train)", 100), y=1.02)
     return f"{dataset}: {title}", _save(fig, folder, f"curves_{dataset}")
 
 
