@@ -148,9 +148,8 @@ def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str]
                 _band(ax, rows, colour, split, label if split == "val" else None)
         ax.set(title=metric, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend(axes[1], "configuration")
-    fig.suptitle(textwrap.fill(f"{dataset}: {title} (solid: validation with a band of ± 1 std over seeds; "
-                               "dashed: train)", 100), y=1.02)
+    _legend(axes[1], "configuration\n(solid: validation, band ± 1 std\nover seeds; dashed: train)")
+    fig.suptitle(f"{dataset}: {title}", y=1.02)
     return f"{dataset}: {title}", _save(fig, folder, f"curves_{dataset}")
 
 
