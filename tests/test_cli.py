@@ -156,3 +156,28 @@ def test_status_counts_cells_and_finds_runs_the_grid_no_longer_has(write_grid, t
     assert main(["status", str(grid), "--results", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "0 done, 0 failed, 0 running, 4 pending" in out and "2 stored run(s) match no cell" in out
+
+
+def test_a_damaged_record_is_set_aside_listed_and_retrained(write_grid, tmp_path, capsys):
+    """A truncated record: status and report name it, nothing crashes, and run trains its cell again."""
+    grid = write_grid()
+    assert main(["run", str(grid), "--results", str(tmp_path), "--set", "seeds=[0]"]) == 0
+    record = next((tmp_path / "tiny" / "runs").glob("*.json"))
+    record.write_text(record.read_text()[:100])  # a sync tool caught mid-write
+    capsys.readouterr()
+    assert main(["status", str(grid), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "1 done, 0 failed, 0 running, 3 pending" in out and f"{record.name}.damaged" in out
+    assert main(["report", str(grid), "--results", str(tmp_path)]) == 0
+    assert f"`tiny/runs/{record.name}.damaged`" in (tmp_path / "tiny" / "REPORT.md").read_text()
+    assert main(["run", str(grid), "--results", str(tmp_path), "--set", "seeds=[0]"]) == 0
+    assert "trained 1, failed 0, already done 1" in capsys.readouterr().out
+    assert record.exists() and (record.parent / f"{record.name}.damaged").exists()  # kept, never overwritten
+
+
+def test_an_unwritable_results_folder_stops_run_before_training(write_grid, tmp_path, capsys):
+    """--results under a plain file: one line, exit 2, nothing trained."""
+    (tmp_path / "file").write_text("")
+    assert main(["run", str(write_grid()), "--results", str(tmp_path / "file" / "results")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ablatrix: error: results folder") and "cannot be written" in err and err.count("\n") == 1

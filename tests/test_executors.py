@@ -426,3 +426,15 @@ def test_losing_a_ray_node_mid_grid_retrains_its_cells_on_the_survivor(write_gri
     retried = [r for r in records.values() if r["attempts"] > 1]
     assert retried and all(r["execution"]["node_id"] == ray_cluster.ids["head"] for r in retried)
     assert not list(tmp_path.rglob("*.lock"))
+
+
+def test_gpu_out_of_memory_is_a_cell_failure_naming_the_memory(write_grid, tmp_path, counting_train):
+    """CUDA out of memory fails its cell at once (no retry) with torch's request and what to change."""
+    calls, fail_on = counting_train
+    fail_on[1] = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1.2 GiB free.")
+    grid = load_grid(write_grid(), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    summary = run_grids([grid], tmp_path, OPTIONS)
+    assert (summary.trained, summary.failed, len(calls)) == (0, 1, 1)
+    (record,) = ResultStore(tmp_path, grid.name).records().values()
+    assert record["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    assert "--runs-per-gpu" in record["error"] and record["attempts"] == 1
