@@ -32,7 +32,7 @@ def test_defaults_are_pinned():
     assert asdict(TrainConfig()) == {
         "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "batch_size": 64,
         "epochs": 30, "patience": 5, "restore_best": True, "val_fraction": 0.1, "augment": "none",
-        "sampler": "uniform", "class_weighted": False}
+        "sampler": "uniform", "class_weighted": False, "eval_mode": "eval"}
     assert param_defaults("convnet") == {
         "conv": (16, 32), "kernel": 3, "stride": 1, "padding": 1, "batchnorm": True,
         "activation": "relu", "dropout": 0.0, "dropout_kind": "dropout", "pool": "max",

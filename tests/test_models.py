@@ -66,9 +66,17 @@ def test_conv_depth_and_mlp(depth):
                            pool_padding=[0, 0, 1], fc=[512], fc_batchnorm=False, fc_dropout=0.5),
      1_147_338),
     ((1, 28, 28), 10, dict(conv=[], fc=[256, 128, 64]), 243_658),
+    # small-cnn study: "with BN" (BN2d on every conv, BN1d on both FC), and its two 2-conv models,
+    # which have no conv BN and a BatchNorm1d on one FC layer only (after FC 48, resp. FC 128).
+    ((1, 28, 28), 10, dict(conv=[6, 12, 24], padding=[1, 0, 0], pool=["max", "max", "none"],
+                           dropout=0.75, fc=[128, 48]), 59_734),
+    ((1, 28, 28), 10, dict(conv=[6, 12], padding=[1, 0], batchnorm=False, dropout=0.75, fc=[128, 48],
+                           fc_batchnorm=[False, True]), 62_922),
+    ((1, 28, 28), 10, dict(conv=[6, 12], padding=[1, 0], batchnorm=False, dropout=0.75, fc=[128],
+                           fc_batchnorm=[True]), 57_690),
 ])
 def test_study_architectures_have_their_published_parameter_count(shape, classes, params, count):
-    """The wafer, CIFAR-10, MNIST/Fashion CNN and MLP studies' models come out parameter-exact."""
+    """The wafer, CIFAR-10, MNIST/Fashion CNN, MLP and small-CNN studies' models come out parameter-exact."""
     assert check_model(create_model("convnet", shape, classes, **params), shape, classes) == count
 
 
@@ -89,6 +97,8 @@ def test_shrinking_stack_is_rejected_naming_the_block(params, message):
     (dict(dropout=-0.1), r"dropout \(block 1\) = -0.1"),
     (dict(fc=[8], fc_dropout=1.5), r"fc_dropout \(layer 1\) = 1.5"),
     (dict(conv=[4, 4], padding=[1, 1, 1]), "padding has 3 values but there are 2 conv blocks"),
+    (dict(fc=[8, 8], fc_batchnorm=[True]), "fc_batchnorm has 1 values but there are 2 FC layers"),
+    (dict(fc=[8], fc_batchnorm=["yes"]), r"fc_batchnorm \(layer 1\) = 'yes'"),
     (dict(conv=[0]), "conv = \\[0\\] is not allowed"),
     (dict(activation="swish"), "unknown activation 'swish'; choose from: elu, gelu"),
     (dict(pool="min"), "pool \\(block 1\\) = 'min'"),

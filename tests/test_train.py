@@ -124,3 +124,18 @@ def test_evaluate_in_batches_equals_one_full_forward_pass(digits):
     assert len(x) > 1000
     assert loss == pytest.approx(torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     assert torch.equal(pred, logits.argmax(1)) and acc == (pred == y).float().mean().item()
+
+
+def test_train_mode_evaluation_changes_metrics_not_training(digits):
+    """eval_mode "train" (a reproduction aid) evaluates with batch statistics and dropout on: the
+    same training (same train losses, same BatchNorm running statistics), other test numbers."""
+    plain, aided = (config(patience=0, restore_best=False, eval_mode=mode) for mode in ("eval", "train"))
+    model, history, _ = fit(plain, digits, CPU)
+    model_t, history_t, _ = fit(aided, digits, CPU)
+    assert [h["train_loss"] for h in history] == [h["train_loss"] for h in history_t]
+    assert [h["val_loss"] for h in history] != [h["val_loss"] for h in history_t]
+    bn = next(m for m in model_t.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    before = bn.running_mean.clone()
+    evaluate(model_t, digits.test_x, digits.test_y, mode="train")
+    assert torch.equal(bn.running_mean, before)  # evaluated on a copy
+    assert train_run(plain, digits, CPU)["test"] != train_run(aided, digits, CPU)["test"]

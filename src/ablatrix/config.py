@@ -42,6 +42,11 @@ class TrainConfig:
     augment: str = "none"  # a name in data.AUGMENTATIONS, applied per training batch on the device
     sampler: str = "uniform"  # a name in train.SAMPLERS: "balanced" draws classes equally often
     class_weighted: bool = False  # weight the training loss by inverse class frequency
+    # Mode of the model when validation and test metrics are computed. "train" (batch statistics in
+    # BatchNorm, dropout active) is wrong for measuring a model; it exists to reproduce studies
+    # that evaluated without model.eval().
+    eval_mode: str = field(default="eval", metadata=allowed(lambda v: v in ("eval", "train"),
+                                                            '"eval" or "train" (a reproduction aid)'))
 
 
 @dataclass(frozen=True)

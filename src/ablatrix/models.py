@@ -76,11 +76,11 @@ def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int) 
     return sum(p.numel() for p in model.parameters())
 
 
-def _per_block(name: str, value: Any, n: int) -> list:
-    """A setting given once for every conv block, or as a list with one value per block."""
+def _per_block(name: str, value: Any, n: int, blocks: str = "conv blocks") -> list:
+    """A setting given once for every block (or FC layer), or as a list with one value per block."""
     if isinstance(value, (list, tuple)):
         if len(value) != n:
-            raise AblatrixError(f"{name} has {len(value)} values but there are {n} conv blocks")
+            raise AblatrixError(f"{name} has {len(value)} values but there are {n} {blocks}")
         return list(value)
     return [value] * n
 
@@ -113,7 +113,8 @@ class ConvNet(nn.Module):
 
     Conv block i: Conv(conv[i], kernel, stride, padding) -> [BatchNorm2d] -> activation ->
     [Dropout | Dropout2d] -> [MaxPool | AvgPool]. FC block j: Linear(fc[j]) -> [BatchNorm1d] ->
-    activation -> [Dropout]. Per-block settings take one value for all blocks or a list. With
+    activation -> [Dropout]. Per-block settings (and fc_batchnorm, fc_dropout per FC layer) take one
+    value for all blocks or a list. With
     `conv = []` this is an MLP on the flattened input. Conv biases are kept under BatchNorm so
     parameter counts match the published models this suite reproduces.
     """
@@ -126,12 +127,10 @@ class ConvNet(nn.Module):
                  pool: str | Sequence[str] = "max", pool_kernel: int | Sequence[int] = 2,
                  pool_stride: int | Sequence[int] | None = None,
                  pool_padding: int | Sequence[int] = 0, head: str = "flatten",
-                 fc: Sequence[int] = (), fc_batchnorm: bool | None = None,
+                 fc: Sequence[int] = (), fc_batchnorm: bool | Sequence[bool] | None = None,
                  fc_dropout: float | Sequence[float] = 0.0, init: str = "default") -> None:
         super().__init__()
-        for name, flag in (("batchnorm", batchnorm), ("fc_batchnorm", fc_batchnorm)):
-            _require(isinstance(flag, bool) or (flag is None and name == "fc_batchnorm"),
-                     name, flag, "true or false")
+        _require(isinstance(batchnorm, bool), "batchnorm", batchnorm, "true or false")
         for name, widths in (("conv", conv), ("fc", fc)):
             _require(isinstance(widths, (list, tuple)) and all(_is_int(w, 1) for w in widths),
                      name, widths, "a list of positive integers")
@@ -182,12 +181,15 @@ class ConvNet(nn.Module):
             self.head = nn.Sequential(HEADS[head](1), nn.Flatten())
             flat = channels
 
-        fc_bn = batchnorm if fc_batchnorm is None else fc_batchnorm
         layers: list[nn.Module] = []
-        for j, (out, rate) in enumerate(zip(fc, _per_block("fc_dropout", fc_dropout, len(fc))), 1):
+        for j, (out, rate, bn) in enumerate(zip(
+                fc, _per_block("fc_dropout", fc_dropout, len(fc), "FC layers"),
+                _per_block("fc_batchnorm", batchnorm if fc_batchnorm is None else fc_batchnorm, len(fc),
+                           "FC layers")), 1):
             _require(_is_rate(rate), f"fc_dropout (layer {j})", rate, "a number in [0, 1)")
+            _require(isinstance(bn, bool), f"fc_batchnorm (layer {j})", bn, "true or false")
             layers += [nn.Linear(flat, out)]
-            layers += [nn.BatchNorm1d(out)] if fc_bn else []
+            layers += [nn.BatchNorm1d(out)] if bn else []
             layers += [act()]
             layers += [nn.Dropout(rate)] if rate > 0 else []
             flat = out

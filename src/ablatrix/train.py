@@ -5,6 +5,7 @@ never waits on the host between steps.
 """
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import dataclass
@@ -77,10 +78,24 @@ class Execution:
 PLAIN = Execution()
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution = PLAIN
-             ) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy and predicted labels, in large batches without autograd."""
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution = PLAIN,
+             mode: str = "eval") -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy and predicted labels, in large batches without autograd.
+
+    mode "train" evaluates a copy in train mode (batch statistics, dropout on), so the model's own
+    BatchNorm running statistics are left as training made them, and draws its dropout masks from
+    a forked random state, so training goes on with the masks it would have had.
+    """
+    if mode == "train":
+        cuda = [x.device.index or 0] if x.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):
+            return _evaluate(copy.deepcopy(model).train(), x, y, execution)
     model.eval()
+    return _evaluate(model, x, y, execution)
+
+
+def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution
+              ) -> tuple[float, float, torch.Tensor]:
     loss = torch.zeros((), device=x.device)
     preds = []
     with torch.inference_mode(), execution.autocast(x.device):
@@ -154,7 +169,7 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
         train_loss = loss_sum.item() / n_used  # host syncs happen here, per epoch, never per step
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution)
+        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution, cfg.eval_mode)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "seconds": time.perf_counter() - started}
@@ -174,7 +189,7 @@ def train_run(config: RunConfig, data: Splits, device: torch.device, execution: 
               on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
     model, history, best_epoch = fit(config, data, device, execution, on_epoch)
-    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
+    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution, config.train.eval_mode)
     return {"params": sum(p.numel() for p in model.parameters()),
             "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),
             "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)}
