@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -253,3 +254,20 @@ def test_max_seeds_adds_optional_cells_with_unused_seeds(write_grid):
     assert {c.config.seed for c in grid.cells} == {0, 2} and {c.config.seed for c in grid.extra_cells} == {1, 3}
     assert len(grid.extra_cells) == len(grid.cells)
     assert grid.stored_cells([grid.extra_cells[0].run_id]) == (*grid.cells, grid.extra_cells[0])
+
+
+@pytest.mark.parametrize("path", [p for p in sorted(Path("ablations").glob("*.toml"))
+                                  if "[[references]]" in p.read_text()], ids=lambda p: p.stem)
+def test_every_published_number_sits_beside_the_studys_model(path):
+    """Each [[references]] entry of a study grid names the study's parameter count for that number,
+    and every cell it is compared with has exactly that count (load_grid refuses otherwise)."""
+    grid = load_grid(path)
+    for ref in grid.references:
+        cells = [c for c in grid.cells if ref.matches(c.facts)]
+        assert ref.params and cells and {c.params for c in cells} == {ref.params}, ref.source
+
+
+def test_a_reference_on_another_model_is_refused(write_grid):
+    """A reference whose params differ from a matching cell's is one clear error."""
+    with pytest.raises(AblatrixError, match="references\\[0\\] is for a model of 1,000 parameters, but"):
+        load_grid(write_grid(REFERENCED.replace("value = 98.5", "value = 98.5\nparams = 1000")))

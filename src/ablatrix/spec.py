@@ -70,6 +70,7 @@ class Reference:
     metric: str
     value: float
     source: str
+    params: int | None = None  # the study's parameter count for this number, checked against the cells
 
     def matches(self, facts: dict[str, Any]) -> bool:
         return rule_matches(self.match, facts)
@@ -363,6 +364,10 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
         if ref.match.get("dataset", datasets[0]) in datasets and not any(
                 ref.matches(c.facts) for c in cells.values()):
             _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
+        wrong = [c for c in cells.values() if ref.params and ref.matches(c.facts) and c.params != ref.params]
+        if wrong:
+            _fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
+                         f"has {wrong[0].params:,}: the published number would sit beside another model")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
                 tuple(cells.values()), plugins, references, report, tuple(extra_seeds), extra)
 
@@ -384,12 +389,16 @@ def _references(tables: Any, axes: dict[str, Any], where: str) -> tuple[Referenc
     for i, table in enumerate(tables):
         flat = _flatten(table)
         value, metric, source = flat.pop("value", None), flat.pop("metric", "test_accuracy"), flat.pop("source", "")
+        params = flat.pop("params", None)
+        if params is not None and not (_type_ok(params, int) and params > 0):
+            _fail(where, f"references[{i}].params = {params!r} is not allowed; expected the model's parameter count")
         if not _type_ok(value, float):
             _fail(where, f"references[{i}].value = {value!r} is not allowed; expected a number (percent)")
         if metric not in METRICS:
             _fail(where, f"references[{i}].metric = {metric!r}; choose from: {', '.join(METRICS)}")
         for key in flat:
             if key not in ("variant", "dataset", *axes):
-                _fail(where, f"references[{i}]: {key} is neither variant, dataset, an axis, value, metric nor source")
-        references.append(Reference(flat, metric, float(value), str(source)))
+                _fail(where, f"references[{i}]: {key} is neither variant, dataset, an axis, value, metric, "
+                             "source nor params")
+        references.append(Reference(flat, metric, float(value), str(source), params))
     return tuple(references)
