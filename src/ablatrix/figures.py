@@ -144,7 +144,8 @@ def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str]
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for (config, label), colour in zip(shown.items(), sns.color_palette("tab10", len(shown))):
             for split in ("train", "val"):
-                rows = summary[(summary["config"] == config) & (summary["split"] == split) & (summary["metric"] == metric)]
+                rows = summary[(summary["config"] == config) & (summary["split"] == split)
+                               & (summary["metric"] == metric)]
                 _band(ax, rows, colour, split, label if split == "val" else None)
         ax.set(title=metric, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -190,7 +190,8 @@ def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFr
     for row in detected.itertuples():
         partners.setdefault((row.factor_a, row.dataset), set()).add(row.factor_b)
         partners.setdefault((row.factor_b, row.dataset), set()).add(row.factor_a)
-    main["interacts_with"] = [", ".join(sorted(partners.get((f, d), ()))) for f, d in zip(main["factor"], main["dataset"])]
+    main["interacts_with"] = [", ".join(sorted(partners.get((f, d), ())))
+                              for f, d in zip(main["factor"], main["dataset"])]
     classes_decided = decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, level, settings.margin)
     return {"deltas": main.reset_index(drop=True), "per_class_deltas": classes_decided,
             "interactions": inter.reset_index(drop=True)}
@@ -345,7 +346,8 @@ def _effect_sentence(row: Any, margin: float) -> str:
     if row.verdict == "equivalent":
         return f"- {change} makes **no practical difference** (inside ±{margin:g} pp: {evidence}){depends}."
     if row.n < 2:
-        return f"- {change}: undecided ({row.mean:+.2f} pp from {row.n} pair; run at least 2 seeds to estimate its spread)."
+        return (f"- {change}: undecided ({row.mean:+.2f} pp from {row.n} pair; run at least 2 seeds to "
+                "estimate its spread).")
     seeds = _seeds(row.seeds_needed, row.n)
     more = f"more than {SEEDS_CAP} seeds" if seeds.startswith(">") else f"about {seeds} seeds"
     return f"- {change}: undecided ({evidence}); {more} would decide it if the spread holds{depends}."
@@ -507,7 +509,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         lines += [f"## Per-class accuracy (%) on {dataset}", ""]
         lines += [render(_per_class_md(tables["per_class_accuracy"], res, dataset), "md") if configs <= MAX_HEATMAP_ROWS
                   else f"{configs} configurations: one column each would not read; `--format csv` writes them "
-                       "all to `per_class_accuracy.csv`, and the effects below say what each factor does per class.", ""]
+                       "all to `per_class_accuracy.csv`, and the effects below say what each factor does "
+                       "per class.", ""]
         if len(tables["per_class_deltas"]):
             lines += [f"### Per-class effects (mean Δ pp) on {dataset}", "",
                       "`*`: the Benjamini–Hochberg adjusted interval excludes 0.", "",
