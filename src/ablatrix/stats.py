@@ -26,10 +26,8 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple
     """Mean and the two-sided Student-t confidence interval of the mean (NaN bounds for n < 2)."""
     x = np.asarray(values, dtype=float)
     mean = float(x.mean()) if len(x) else math.nan
-    if len(x) < 2:
-        return mean, math.nan, math.nan
-    half = scipy_stats.t.ppf(0.5 + confidence / 2, len(x) - 1) * x.std(ddof=1) / math.sqrt(len(x))
-    return mean, mean - half, mean + half
+    sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
+    return (mean, *interval(mean, sd, len(x), confidence))
 
 
 def summarize(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Series:
