@@ -155,20 +155,16 @@ def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] =
 
 
 def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFrame]:
-    """Paired effects of every varied factor on accuracy (percentage points), overall and per
-    class, and the interaction of every pair of varied factors; each row with its adjusted p-value,
+    """Paired effects of every varied factor on accuracy (percentage points), `deltas`, and the
+    interaction of every pair of varied factors, `interactions`; each row with its adjusted p-value,
     adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it."""
     level = settings.confidence
     done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
-    classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
-    overall, per_class, interactions = [], [], []
+    overall, interactions = [], []
     factors = varied(res)
     for factor in factors:
         pairs = paired_deltas(done, factor, res.factors, "accuracy")
         overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level).assign(factor=factor))
-        class_pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
-        per_class.append(summarize_deltas(class_pairs, ["comparison", "dataset", "class_index", "class"], level
-                                          ).assign(factor=factor))
     for a, b in itertools.combinations(factors, 2):
         pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
         if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
@@ -192,9 +188,18 @@ def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFr
         partners.setdefault((row.factor_b, row.dataset), set()).add(row.factor_a)
     main["interacts_with"] = [", ".join(sorted(partners.get((f, d), ())))
                               for f, d in zip(main["factor"], main["dataset"])]
-    classes_decided = decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, level, settings.margin)
-    return {"deltas": main.reset_index(drop=True), "per_class_deltas": classes_decided,
-            "interactions": inter.reset_index(drop=True)}
+    return {"deltas": main.reset_index(drop=True), "interactions": inter.reset_index(drop=True)}
+
+
+def class_effect_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
+    """The paired effect of every varied factor on each class's accuracy (pp), decided per dataset."""
+    classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
+    per_class = []
+    for factor in varied(res):
+        pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
+        per_class.append(summarize_deltas(pairs, ["comparison", "dataset", "class_index", "class"],
+                                          settings.confidence).assign(factor=factor))
+    return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin)
 
 
 def cost_table(res: Results) -> pd.DataFrame:
@@ -429,7 +434,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     tables: dict[str, pd.DataFrame] = {}
     if not res.done.empty:
         tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
-                  "cost": cost_table(res), **effect_tables(res, settings)}
+                  "cost": cost_table(res), **effect_tables(res, settings),
+                  "per_class_deltas": class_effect_table(res, settings)}
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
