@@ -33,6 +33,8 @@ class Plan:
     cells: tuple[Cell, ...]  # each with `reason`: the effects it is added for
     undecided: tuple[str, ...]  # every undecided main effect, capped or not
     capped: tuple[str, ...]  # undecided ones whose configurations have every seed up to max_seeds
+    stored: int  # cells with a record, added seeds included
+    possible: int  # cells up to max_seeds
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,11 @@ class Outcome:
     rounds: int
     plan: Plan  # the state it stopped in
 
-    def sentence(self, done: int, possible: int) -> str:
+    @property
+    def stopped(self) -> str:
         """Why seeding stopped, for the terminal and the report."""
         if self.reason == "decided":
-            return f"all effects decided after {done:,} of {possible:,} possible runs"
+            return f"all effects decided after {self.plan.stored:,} of {self.plan.possible:,} possible runs"
         if self.reason == "cap":
             return f"seed cap (max_seeds) reached for: {', '.join(self.plan.capped)}"
         if self.reason == "budget":
@@ -64,8 +67,10 @@ def _config(values: dict[str, Any] | Cell, axes: Sequence[str]) -> Config:
 def plan(grids: Sequence[Grid], results: Path) -> Plan:
     """The next round for the stored records of `grids` (nothing if every effect is decided)."""
     res = collect(grids, results, write=False)
+    stored = int((res.runs["status"] != "pending").sum())
+    possible = sum(len(g.cells) + len(g.extra_cells) for g in grids)
     if res.done.empty:
-        return Plan((), (), ())
+        return Plan((), (), (), stored, possible)
     deltas = effect_tables(res, report_settings(grids))["deltas"]
     axes = list(dict.fromkeys(a for g in grids for a in g.axes))
     cells = {(_config(c, axes), c.config.seed): c for g in grids for c in (*g.cells, *g.extra_cells)}
@@ -91,7 +96,7 @@ def plan(grids: Sequence[Grid], results: Path) -> Plan:
                 cell = cells[config, seed]
                 added.setdefault(cell.run_id, (cell, []))[1].append(effect)
     batch = tuple(replace(cell, reason="; ".join(effects)) for cell, effects in added.values())
-    return Plan(batch, tuple(undecided), tuple(capped))
+    return Plan(batch, tuple(undecided), tuple(capped), stored, possible)
 
 
 def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
@@ -116,11 +121,9 @@ def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
         if summary.trained + summary.failed == 0:
             outcome = Outcome("elsewhere", trained, rounds, step)
             break
-    records = {k for g in grids for k, r in ResultStore(results, g.name).records().items()}
-    possible = sum(len(g.cells) + len(g.extra_cells) for g in grids)
-    done = sum(len(g.stored_cells(records)) for g in grids)
-    state = {"stopped": outcome.sentence(done, possible), "reason": outcome.reason, "rounds": rounds,
-             "trained_by_this_run": trained, "runs_stored": done, "runs_possible": possible,
+    state = {"stopped": outcome.stopped, "reason": outcome.reason, "rounds": rounds,
+             "trained_by_this_run": trained, "runs_stored": outcome.plan.stored,
+             "runs_possible": outcome.plan.possible,
              "undecided": list(outcome.plan.undecided), "at_seed_cap": list(outcome.plan.capped),
              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     atomic_write_text(report_dir(grids, results) / SEEDING_FILE, json.dumps(state, indent=1) + "\n")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -14,7 +13,7 @@ from .errors import AblatrixError
 from .data import DATASETS, data_root
 from .adaptive import run_until_decided
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
-from .report import FORMATS, SEEDING_FILE, axis_value, report_dir, write_report
+from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
 
@@ -89,7 +88,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise AblatrixError("--max-cells takes an integer >= 0")
         outcome = run_until_decided(grids, args.results, _run_options(args), args.max_cells)
         print(f"trained {outcome.trained} cells, the grid's seeds and {outcome.rounds} round(s) of added seeds; "
-              f"stopped: {json.loads((report_dir(grids, args.results) / SEEDING_FILE).read_text())['stopped']}")
+              f"stopped: {outcome.stopped}")
         return 0
     summary = run_grids(grids, args.results, _run_options(args))
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
