@@ -134,12 +134,12 @@ def grid_status(grid: Grid, results: Path) -> GridStatus:
     """Where every cell of `grid` stands in `results`."""
     store = ResultStore(results, grid.name)
     records = store.records()
+    cells = grid.stored_cells(records)
     counts = Counter(records[c.run_id]["status"] if c.run_id in records
-                     else "running" if store.claim_alive(c.run_id) else "pending"
-                     for c in grid.stored_cells(records))
+                     else "running" if store.claim_alive(c.run_id) else "pending" for c in cells)
     ids = {cell.run_id for cell in (*grid.cells, *grid.extra_cells)}
     return GridStatus(counts, [run_id for run_id in records if run_id not in ids], store.damaged(),
-                      len(grid.stored_cells(records)) - len(grid.cells))
+                      len(cells) - len(grid.cells))
 
 
 def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> dict[str, Any]:

@@ -92,6 +92,13 @@ def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) 
     return pd.DataFrame(rows, columns=[*keys, "epoch", "split", "metric", "value"])
 
 
+def over_seeds(frame: pd.DataFrame, keys: Sequence[str], value: str) -> pd.DataFrame:
+    """`value` averaged over everything but `keys` within each seed, then mean and std over seeds:
+    one row per combination of `keys`, the std telling seed-to-seed spread only."""
+    per_seed = frame.groupby([*keys, "seed"], sort=False)[value].mean()
+    return per_seed.groupby(list(keys), sort=False).agg(["mean", "std"]).reset_index()
+
+
 def _band(ax: plt.Axes, rows: pd.DataFrame, colour: Any, split: str, label: str | None) -> None:
     """Mean line, validation solid with a ± 1 std band (where there is a std), train dashed."""
     rows = rows.sort_values("epoch")
@@ -107,8 +114,7 @@ def curves_by_factor(history: pd.DataFrame, factors: Sequence[str], palette: Col
     averaged over the other factors (per seed), band ± 1 std over seeds."""
     fig, axes = plt.subplots(len(factors), 2, figsize=(9, 2.4 * len(factors)), squeeze=False)
     for row, factor in zip(axes, factors):
-        per_seed = history.groupby([factor, "seed", "epoch", "split", "metric"], sort=False)["value"].mean()
-        summary = per_seed.groupby([factor, "epoch", "split", "metric"], sort=False).agg(["mean", "std"]).reset_index()
+        summary = over_seeds(history, [factor, "epoch", "split", "metric"], "value")
         for ax, metric in zip(row, ("loss", "accuracy")):
             for level, colour in palette[factor].items():
                 for split in ("train", "val"):
@@ -207,9 +213,7 @@ def accuracy_vs_axis(done: pd.DataFrame, factors: Sequence[str], palette: Colour
     others = [f for f in factors if f != axis] or [None]
     fig, axes = plt.subplots(1, len(others), figsize=(4.2 * len(others), 3.3), squeeze=False, sharey=True)
     for ax, other in zip(axes[0], others):
-        keys = [axis] + ([other] if other else [])
-        per_seed = done.groupby([*keys, "seed"], sort=False)["accuracy"].mean()
-        summary = per_seed.groupby(keys, sort=False).agg(["mean", "std"]).reset_index()
+        summary = over_seeds(done, [axis] + ([other] if other else []), "accuracy")
         levels = palette[other].items() if other else [(None, "tab:blue")]
         for level, colour in levels:
             rows = summary if other is None else summary[summary[other] == level]

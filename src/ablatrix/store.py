@@ -109,10 +109,11 @@ class ResultStore:
         records = {}
         for path in sorted(self.runs_dir.glob("*.json")):
             record = self._read(path)
-            if record is not None and record.get("schema", 1) < SCHEMA:
+            if record is None:
+                continue
+            if record.get("schema", 1) < SCHEMA:
                 record = self._migrate(path, record)
-            if record is not None:
-                records[record["run_id"]] = record
+            records[record["run_id"]] = record
         return records
 
     def damaged(self) -> list[Path]:
@@ -163,7 +164,7 @@ class ResultStore:
         tqdm.write(f"ablatrix: {path} {problem}; moved aside to {target.name}, its cell counts as "
                    "not trained")
 
-    def _migrate(self, path: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    def _migrate(self, path: Path, record: dict[str, Any]) -> dict[str, Any]:
         """Re-key a record of an older schema under its current run id (same run, new name)."""
         try:
             run_id = run_id_of(record["config"])
