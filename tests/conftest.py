@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from ablatrix.store import ResultStore
+
 TINY_GRID = """
 name = "tiny"
 datasets = ["digits"]
@@ -33,3 +35,36 @@ def write_grid(tmp_path: Path):
         path.write_text(textwrap.dedent(text))
         return path
     return write
+
+
+SUPPORT = 36  # test examples per class in fabricated records
+
+
+def fabricate(cell, accuracy: float, status: str = "done") -> dict:
+    """A stored record as the runner writes it, with hand-chosen metrics (every class alike)."""
+    correct = round(accuracy * SUPPORT)
+    record = {"run_id": cell.run_id, "status": status, "config": cell.config.to_dict(),
+              "params": cell.params, "wall_seconds": 1.5, "device": "cpu", "device_name": "test cpu",
+              "versions": {"torch": "2.x"}, "code_revision": "git:test"}
+    if status == "failed":
+        return {**record, "error": "TrainingDiverged: training loss became nan in epoch 3"}
+    confusion = [[correct if j == i else SUPPORT - correct if j == (i + 1) % 10 else 0 for j in range(10)]
+                 for i in range(10)]
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.3 * e,
+                "val_accuracy": 0.25 * e, "seconds": 0.1} for e in (1, 2, 3)]
+    return {**record, "epochs_trained": 3, "best_epoch": 2, "history": history,
+            "test": {"accuracy": correct / SUPPORT, "loss": 1 - accuracy, "confusion": confusion,
+                     "per_class": [{"class": c, "correct": correct, "support": SUPPORT,
+                                    "accuracy": correct / SUPPORT} for c in range(10)]}}
+
+
+def store_runs(grid, results, accuracies: dict, statuses: dict | None = None) -> dict:
+    """Write fabricated records for cells keyed (batchnorm, seed); return those cells."""
+    cells = {(c.axes["model.batchnorm"], c.config.seed): c for c in grid.cells}
+    store = ResultStore(results, grid.name)
+    for key, acc in accuracies.items():
+        store.put(fabricate(cells[key], acc, (statuses or {}).get(key, "done")))
+    return cells
+
+
+FULL = {(True, 0): 0.9, (True, 1): 0.8, (False, 0): 0.5, (False, 1): 0.5}  # all multiples of 1/36

@@ -12,6 +12,7 @@ from tabulate import tabulate
 from .errors import AblatrixError
 from .data import DATASETS, data_root
 from .adaptive import run_until_decided
+from .export import EXPORTERS
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
 from .report import FORMATS, axis_value, write_report
 from .spec import Grid, load_grid
@@ -116,7 +117,16 @@ def cmd_report(args: argparse.Namespace) -> int:
     for fmt in formats:
         if fmt not in FORMATS:
             raise AblatrixError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    print(f"wrote {write_report(_grids(args), args.results, formats, args.data_dir)}")
+    report = write_report(_grids(args), args.results, formats, args.data_dir)
+    print(f"wrote {report}" + (f" and {report.with_suffix('.html')}" if "html" in formats else ""))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    kind, target = args.to
+    exported = EXPORTERS.lookup(kind)(_grids(args), args.results, target)
+    print(f"{kind}: {exported.written} run(s) written, {exported.unchanged} unchanged"
+          + (f", {exported.skipped} failed run(s) left out" if exported.skipped else "") + f"; in {exported.where}")
     return 0
 
 
@@ -149,7 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, func, text in (("list", cmd_list, "show every cell of the grids; trains nothing"),
                              ("status", cmd_status, "count done, failed, running and pending cells"),
                              ("run", cmd_run, "train every cell that has no finished record"),
-                             ("report", cmd_report, "rewrite tables and REPORT.md from stored runs")):
+                             ("report", cmd_report, "rewrite tables and REPORT.md from stored runs"),
+                             ("export", cmd_export, "copy stored runs to TensorBoard or MLflow; trains nothing")):
         verb = verbs.add_parser(name, help=text, description=text)
         verb.set_defaults(func=func)
         verb.add_argument("grids", nargs="+", type=Path, metavar="GRID", help="grid file (TOML)")
@@ -158,9 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
         verb.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override a grid field, e.g. train.epochs=1 (repeatable)")
         if name == "report":
-            verb.add_argument("--format", default="md", metavar="md,tex,csv",
-                              help="table formats besides REPORT.md's Markdown (default: md)")
+            verb.add_argument("--format", default="md", metavar="md,tex,csv,html",
+                              help="table formats besides REPORT.md's Markdown, and html for one "
+                                   "self-contained REPORT.html (default: md)")
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
+        if name == "export":
+            verb.add_argument("--to", nargs=2, required=True, metavar=("KIND", "TARGET"),
+                              help="tensorboard LOGDIR, or mlflow TRACKING_URI (e.g. sqlite:///mlflow.db "
+                                   "or http://host:5000)")
         if name == "run":
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
             verb.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when available)")

@@ -18,6 +18,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import figures
+from .report_html import write_html
 from .data import DATASETS, data_root
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
@@ -30,7 +31,7 @@ RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
 SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, written by `adaptive`
 METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy",
                   "test_loss", "wall_seconds", "status")
-FORMATS = ("md", "tex", "csv")
+FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
 
 
 def axis_value(value: Any) -> Any:
@@ -420,7 +421,7 @@ def _statistics_line(settings: ReportSettings) -> str:
 
 def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = ("md",),
                  data_dir: Path | None = None) -> Path:
-    """Rewrite the tables, figures and REPORT.md of `grids` from their stored records alone."""
+    """Rewrite the tables, figures and REPORT.md (and REPORT.html) of `grids` from their stored records alone."""
     settings = report_settings(grids)
     res = collect(grids, results)
     out = report_dir(grids, results)
@@ -482,11 +483,10 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   render(shown[["source", "cells", "metric", "published %", "ours %", "ours − published (pp)"]],
                          "md", ["source", "cells", "metric"]), ""]
     if not tables:
-        atomic_write_text(out / "REPORT.md", "\n".join(lines + ["No finished runs yet."]) + "\n")
-        return out / "REPORT.md"
+        return _write_pages(out, lines + ["No finished runs yet."], formats)
 
     for name, table in tables.items():
-        for fmt in set(formats) - {"md"}:
+        for fmt in set(formats) - {"md", "html"}:
             atomic_write_text(out / f"{name}.{fmt}", render(table, fmt, res.factors))
     detected = tables["interactions"][tables["interactions"]["verdict"] == "detected"]
     figs = figures.draw_all(res.done, res.per_class, res.records, varied(res), tables, settings.confidence,
@@ -536,5 +536,12 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   for r in failed.itertuples()] + [""]
     lines += ["## Figures", ""] + [f"![{caption}]({path.relative_to(out).as_posix()})\n"
                                    for caption, path in figs]
+    return _write_pages(out, lines, formats)
+
+
+def _write_pages(out: Path, lines: list[str], formats: Sequence[str]) -> Path:
+    """REPORT.md, and REPORT.html made from it when asked for; returns REPORT.md's path."""
     atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n")
+    if "html" in formats:
+        write_html(out / "REPORT.md")
     return out / "REPORT.md"
