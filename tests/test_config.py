@@ -37,7 +37,7 @@ def test_defaults_are_pinned():
         "conv": (16, 32), "kernel": 3, "stride": 1, "padding": 1, "batchnorm": True,
         "activation": "relu", "dropout": 0.0, "dropout_kind": "dropout", "pool": "max",
         "pool_kernel": 2, "pool_stride": None, "pool_padding": 0, "head": "flatten", "fc": (),
-        "fc_batchnorm": None, "fc_dropout": 0.0, "init": "default"}
+        "fc_batchnorm": None, "fc_dropout": 0.0, "head_dropout": 0.0, "init": "default"}
 
 
 def test_a_train_field_missing_from_an_old_record_means_its_default():

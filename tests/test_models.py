@@ -37,6 +37,9 @@ def layer_types(model: nn.Module) -> list[type]:
     # FC dropout after the FC activation
     (dict(conv=[], fc=[8, 8], batchnorm=False, fc_dropout=0.5),
      [nn.Linear, nn.ReLU, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]),
+    # dropout on the flat features before the first FC layer, then after the FC activation
+    (dict(conv=[4], batchnorm=False, fc=[8], head_dropout=0.25, fc_dropout=0.25),
+     [nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Dropout, nn.Linear, nn.ReLU, nn.Dropout, nn.Linear]),
     # global average pooling head, GELU activation
     (dict(conv=[4], batchnorm=False, head="avg", activation="gelu", pool="avg"),
      [nn.Conv2d, nn.GELU, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.Linear]),
@@ -60,10 +63,11 @@ def test_conv_depth_and_mlp(depth):
 # Published parameter counts of the architectures the suite reproduces, built from the spec alone.
 @pytest.mark.parametrize("shape, classes, params, count", [
     ((3, 53, 52), 9, dict(conv=[32, 64, 128], pool_kernel=3, pool_stride=3, pool_padding=1,
-                          head="max", init="kaiming"), 94_857),
-    ((3, 32, 32), 10, dict(conv=[16, 32, 64], batchnorm=False, fc=[500], dropout=0.25), 541_094),
+                          head="max", init="kaiming-conv"), 94_857),
+    ((3, 32, 32), 10, dict(conv=[16, 32, 64], batchnorm=False, fc=[500], head_dropout=0.25, fc_dropout=0.25),
+     541_094),
     ((1, 28, 28), 10, dict(conv=[32, 64, 128], dropout=0.3, dropout_kind="dropout2d",
-                           pool_padding=[0, 0, 1], fc=[512], fc_batchnorm=False, fc_dropout=0.5),
+                           pool_padding=[0, 0, 1], fc=[512], fc_batchnorm=False, fc_dropout=0.3),
      1_147_338),
     ((1, 28, 28), 10, dict(conv=[], fc=[256, 128, 64]), 243_658),
     # small-cnn study: "with BN" (BN2d on every conv, BN1d on both FC), and its two 2-conv models,
@@ -103,6 +107,8 @@ def test_shrinking_stack_is_rejected_naming_the_block(params, message):
     (dict(activation="swish"), "unknown activation 'swish'; choose from: elu, gelu"),
     (dict(pool="min"), "pool \\(block 1\\) = 'min'"),
     (dict(batchnorm="yes"), "batchnorm = 'yes'"),
+    (dict(head_dropout=1.0), r"head_dropout = 1.0"),
+    (dict(init="xavier"), "init = 'xavier' is not allowed; expected default or kaiming or kaiming-conv"),
     (dict(pool_kernel=2, pool_padding=2), "pool_padding \\(block 1\\) = 2"),
 ])
 def test_bad_values_are_rejected(params, message):
@@ -111,11 +117,17 @@ def test_bad_values_are_rejected(params, message):
         create_model("convnet", DIGITS, 10, **params)
 
 
-def test_kaiming_init_zeroes_biases():
-    """init = "kaiming" re-initialises conv/linear weights and zeroes their biases."""
-    model = create_model("convnet", DIGITS, 10, conv=[4], fc=[8], init="kaiming")
-    biases = [m.bias for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    assert all(torch.count_nonzero(b) == 0 for b in biases)
+@pytest.mark.parametrize("init, reinitialised", [
+    ("kaiming", (nn.Conv2d, nn.Linear)),
+    ("kaiming-conv", (nn.Conv2d,)),  # the wafer study's: linear layers keep torch's default
+])
+def test_kaiming_init(init, reinitialised):
+    """A kaiming init zeroes the biases of exactly the layers it re-initialises, and only those."""
+    torch.manual_seed(0)
+    model = create_model("convnet", DIGITS, 10, conv=[4], fc=[8], init=init)
+    for m in model.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            assert (torch.count_nonzero(m.bias) == 0) == isinstance(m, reinitialised), m
 
 
 @pytest.fixture

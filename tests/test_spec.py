@@ -263,7 +263,10 @@ def test_every_published_number_sits_beside_the_studys_model(path):
     and every cell it is compared with has exactly that count (load_grid refuses otherwise)."""
     grid = load_grid(path)
     for ref in grid.references:
-        cells = [c for c in grid.cells if ref.matches(c.facts)]
+        dataset = ref.match.get("dataset", grid.datasets[0])
+        # The wafer study's number belongs beside the real WM-811K, which the grid runs only on request.
+        on = grid if dataset in grid.datasets else load_grid(path, [f'datasets=["{dataset}"]'])
+        cells = [c for c in on.cells if ref.matches(c.facts)]
         assert ref.params and cells and {c.params for c in cells} == {ref.params}, ref.source
 
 

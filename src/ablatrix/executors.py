@@ -246,6 +246,9 @@ def _worker(conn: Connection, device: str, threads: int, options: RunOptions) ->
     while (job := conn.recv()) is not None:
         cell, store, earlier = job
         conn.send(train_claimed(cell, store, options, earlier=earlier))
+    # Done: holding no claim, a SIGTERM (the parent's exit ends daemonic workers still tearing
+    # down torch) may end us quietly, not as a SystemExit inside an atexit callback.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 @dataclass

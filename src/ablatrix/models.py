@@ -105,6 +105,7 @@ def _shrink(size: int, kernel: int, stride: int, padding: int) -> int:
 DROPOUTS = {"dropout": nn.Dropout, "dropout2d": nn.Dropout2d}
 POOLS = {"max": nn.MaxPool2d, "avg": nn.AvgPool2d, "none": None}
 HEADS = {"flatten": None, "avg": nn.AdaptiveAvgPool2d, "max": nn.AdaptiveMaxPool2d}
+INITS = {"default": (), "kaiming": (nn.Conv2d, nn.Linear), "kaiming-conv": (nn.Conv2d,)}  # He-normal layers
 
 
 @register_model("convnet")
@@ -112,9 +113,11 @@ class ConvNet(nn.Module):
     """Conv blocks, a flatten or global-pool head, FC blocks, a linear classifier.
 
     Conv block i: Conv(conv[i], kernel, stride, padding) -> [BatchNorm2d] -> activation ->
-    [Dropout | Dropout2d] -> [MaxPool | AvgPool]. FC block j: Linear(fc[j]) -> [BatchNorm1d] ->
-    activation -> [Dropout]. Per-block settings (and fc_batchnorm, fc_dropout per FC layer) take one
-    value for all blocks or a list. With
+    [Dropout | Dropout2d] -> [MaxPool | AvgPool]. Then the head, [Dropout(head_dropout)] on its
+    flat features, and FC block j: Linear(fc[j]) -> [BatchNorm1d] -> activation -> [Dropout].
+    Per-block settings (and fc_batchnorm, fc_dropout per FC layer) take one value for all blocks or
+    a list. init "kaiming" draws every conv and linear weight He-normal (fan in) with zero biases;
+    "kaiming-conv" only the conv layers, leaving linear layers at torch's default. With
     `conv = []` this is an MLP on the flattened input. Conv biases are kept under BatchNorm so
     parameter counts match the published models this suite reproduces.
     """
@@ -128,7 +131,8 @@ class ConvNet(nn.Module):
                  pool_stride: int | Sequence[int] | None = None,
                  pool_padding: int | Sequence[int] = 0, head: str = "flatten",
                  fc: Sequence[int] = (), fc_batchnorm: bool | Sequence[bool] | None = None,
-                 fc_dropout: float | Sequence[float] = 0.0, init: str = "default") -> None:
+                 fc_dropout: float | Sequence[float] = 0.0, head_dropout: float = 0.0,
+                 init: str = "default") -> None:
         super().__init__()
         _require(isinstance(batchnorm, bool), "batchnorm", batchnorm, "true or false")
         for name, widths in (("conv", conv), ("fc", fc)):
@@ -137,7 +141,8 @@ class ConvNet(nn.Module):
         act = ACTIVATIONS.lookup(activation)
         _require(dropout_kind in DROPOUTS, "dropout_kind", dropout_kind, " or ".join(DROPOUTS))
         _require(head in HEADS, "head", head, " or ".join(HEADS))
-        _require(init in ("default", "kaiming"), "init", init, "default or kaiming")
+        _require(init in INITS, "init", init, " or ".join(INITS))
+        _require(_is_rate(head_dropout), "head_dropout", head_dropout, "a number in [0, 1)")
         n = len(conv)
         blocks = zip(conv, *(_per_block(k, v, n) for k, v in (
             ("kernel", kernel), ("stride", stride), ("padding", padding), ("dropout", dropout),
@@ -181,7 +186,7 @@ class ConvNet(nn.Module):
             self.head = nn.Sequential(HEADS[head](1), nn.Flatten())
             flat = channels
 
-        layers: list[nn.Module] = []
+        layers: list[nn.Module] = [nn.Dropout(head_dropout)] if head_dropout > 0 else []
         for j, (out, rate, bn) in enumerate(zip(
                 fc, _per_block("fc_dropout", fc_dropout, len(fc), "FC layers"),
                 _per_block("fc_batchnorm", batchnorm if fc_batchnorm is None else fc_batchnorm, len(fc),
@@ -195,9 +200,9 @@ class ConvNet(nn.Module):
             flat = out
         layers.append(nn.Linear(flat, num_classes))
         self.classifier = nn.Sequential(*layers)
-        if init == "kaiming":
+        if init != "default":
             for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Linear)):
+                if isinstance(m, INITS[init]):
                     nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                     nn.init.zeros_(m.bias)
 

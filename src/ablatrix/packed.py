@@ -1,0 +1,384 @@
+"""Packed training: B cells that share every shape trained as one fused model (after HFTA, MLSys 2021).
+
+A grid's cells often differ only in seed, dropout rate, learning rate or weight decay. Their B
+`convnet`s are fused operator by operator: member b's channels are the b-th block of a grouped
+convolution's channels (groups = B), BatchNorm normalises B x C channels (each channel alone, as
+before), linear layers are batched matrix products, and the optimiser is elementwise, so one step
+is B independent steps, each with its member's learning rate and weight decay. One kernel launch
+then does B runs' work, which is what a GPU wants from networks this small.
+
+Each member behaves as its own run: it starts from the weights its plain run would start from
+(built with its seed, then copied in), draws its batches from its own seeded order, keeps its own
+BatchNorm statistics, history, early stopping and best weights, and is tested through the same
+code as a plain run. A member that stops (patience, or a non-finite loss) is frozen: its learning
+rate becomes 0 and its weights were already saved. Dropout masks are drawn for the pack, so a
+member with dropout matches its plain run in distribution, not bit for bit.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from .config import RunConfig
+from .data import AUGMENTATIONS, Splits
+from .models import _per_block, create_model
+from .train import (EVAL_BATCH, OPTIMIZERS, PLAIN, SAMPLERS, Execution, TrainingDiverged, class_frequencies,
+                    classification_metrics, evaluate)
+
+# What members of one pack may differ in: none of it changes a shape or the batch schedule.
+MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
+MEMBER_TRAIN_FIELDS = ("lr", "weight_decay", "momentum", "patience", "restore_best")
+PACKED_OPTIMIZERS = ("adam", "adamw", "sgd")  # those PackedOptimizer computes
+POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
+
+
+def pack_key(config: RunConfig) -> str | None:
+    """Cells with equal keys can train in one pack; None for a cell that never packs.
+
+    Only the built-in `convnet` is fused (a registered custom module is trained unpacked), and only
+    with eval-mode evaluation (train-mode evaluation is a reproduction aid for single runs).
+    """
+    if (config.model.name != "convnet" or config.train.eval_mode != "eval"
+            or config.train.optimizer not in PACKED_OPTIMIZERS):
+        return None
+    model = {k: v for k, v in config.model.params.items() if k not in MEMBER_MODEL_PARAMS}
+    train = {k: v for k, v in asdict(config.train).items() if k not in MEMBER_TRAIN_FIELDS}
+    return json.dumps([config.dataset, model, train], sort_keys=True, default=list)
+
+
+class PackedDropout(nn.Module):
+    """Dropout with one rate per member; `member_dim` is where the members sit in the input."""
+
+    def __init__(self, rates: Sequence[float], spatial: bool) -> None:
+        super().__init__()
+        self.register_buffer("rates", torch.tensor(rates, dtype=torch.float32), persistent=False)
+        self.spatial = spatial  # Dropout2d: one draw per (sample, channel), not per element
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        members = len(self.rates)
+        if x.dim() == 4:  # conv features: (N, B*C, H, W), member b owns the b-th block of channels
+            rates = self.rates.repeat_interleave(x.shape[1] // members).view(1, -1, 1, 1)
+            shape = (x.shape[0], x.shape[1], 1, 1) if self.spatial else x.shape
+        else:  # flat features: (B, N, F)
+            rates, shape = self.rates.view(-1, 1, 1), x.shape
+        keep = (torch.rand(shape, device=x.device) >= rates).to(x.dtype)
+        return x * keep / (1 - rates).to(x.dtype)
+
+
+class PackedLinear(nn.Module):
+    """B linear layers as one batched matrix product: (B, N, in) -> (B, N, out)."""
+
+    def __init__(self, layers: Sequence[nn.Linear]) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([l.weight.detach().t() for l in layers]).contiguous())
+        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]).unsqueeze(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.baddbmm(self.bias, x, self.weight)
+
+    def member(self, b: int) -> dict[str, torch.Tensor]:
+        return {"weight": self.weight[b].t(), "bias": self.bias[b, 0]}
+
+
+class PackedBatchNorm1d(nn.BatchNorm1d):
+    """B BatchNorm1d layers as one over B x F features; input and output (B, N, F)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        members, n, features = x.shape
+        out = super().forward(x.transpose(0, 1).reshape(n, members * features))
+        return out.view(n, members, features).transpose(0, 1)
+
+
+def _fused_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
+    first = layers[0]
+    conv = nn.Conv2d(first.in_channels * len(layers), first.out_channels * len(layers), first.kernel_size,
+                     first.stride, first.padding, groups=len(layers))
+    conv.weight.data.copy_(torch.cat([l.weight.detach() for l in layers]))
+    conv.bias.data.copy_(torch.cat([l.bias.detach() for l in layers]))
+    return conv
+
+
+def _fused_norm(layers: Sequence[nn.modules.batchnorm._BatchNorm], kind: type) -> nn.Module:
+    first = layers[0]
+    norm = kind(first.num_features * len(layers), first.eps, first.momentum)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        getattr(norm, name).data.copy_(torch.cat([getattr(l, name).detach() for l in layers]))
+    norm.num_batches_tracked.copy_(first.num_batches_tracked)
+    return norm
+
+
+def _without_dropout(modules: nn.Module) -> list[nn.Module]:
+    return [m for m in modules if not isinstance(m, (nn.Dropout, nn.Dropout2d))]
+
+
+class PackedConvNet(nn.Module):
+    """B `convnet`s of one shape as one module: input (N, B*C, H, W), logits (B, N, classes)."""
+
+    def __init__(self, members: Sequence[nn.Module], params: Sequence[dict[str, Any]]) -> None:
+        super().__init__()
+        self.size = len(members)
+        spatial = params[0]["dropout_kind"] == "dropout2d"
+        n_conv, n_fc = len(params[0]["conv"]), len(params[0]["fc"])
+        conv_rates = list(zip(*(_per_block("dropout", p["dropout"], n_conv) for p in params)))
+        fc_rates = list(zip(*(_per_block("fc_dropout", p["fc_dropout"], n_fc, "FC layers") for p in params)))
+
+        def dropout(rates: Sequence[float], spatial: bool = False) -> list[nn.Module]:
+            return [PackedDropout(rates, spatial)] if any(rates) else []
+
+        # Walk the members' layers side by side (their dropout layers differ with their rates, so
+        # those are left out of the walk and placed from the rates: after each activation).
+        features: list[nn.Module] = []
+        block = 0
+        for layers in zip(*(_without_dropout(m.features) for m in members)):
+            if isinstance(layers[0], nn.Conv2d):
+                features.append(_fused_conv(layers))
+            elif isinstance(layers[0], nn.BatchNorm2d):
+                features.append(_fused_norm(layers, nn.BatchNorm2d))
+            elif isinstance(layers[0], POOLS):
+                features.append(layers[0])
+            else:  # the block's activation
+                features += [layers[0], *dropout(conv_rates[block], spatial)]
+                block += 1
+        self.features = nn.Sequential(*features)
+        self.pool = members[0].head[0] if isinstance(members[0].head, nn.Sequential) else None
+        classifier: list[nn.Module] = dropout([p["head_dropout"] for p in params])
+        layer = 0
+        for layers in zip(*(_without_dropout(m.classifier) for m in members)):
+            if isinstance(layers[0], nn.Linear):
+                classifier.append(PackedLinear(layers))
+            elif isinstance(layers[0], nn.BatchNorm1d):
+                classifier.append(_fused_norm(layers, PackedBatchNorm1d))
+            else:
+                classifier += [layers[0], *dropout(fc_rates[layer])]
+                layer += 1
+        self.classifier = nn.Sequential(*classifier)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        if self.pool is not None:
+            x = self.pool(x)
+        # Member b's flat features are its channels' block, in the order its plain flatten uses.
+        x = x.reshape(x.shape[0], self.size, -1).transpose(0, 1)
+        return self.classifier(x)
+
+    def copy_member_into(self, b: int, model: nn.Module) -> None:
+        """Write member b's weights and BatchNorm statistics into its plain model."""
+        plain = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.Linear, nn.BatchNorm1d))]
+        fused = [m for m in self.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d, PackedLinear, nn.BatchNorm1d))]
+        with torch.no_grad():
+            for target, source in zip(plain, fused):
+                if isinstance(source, PackedLinear):
+                    tensors = source.member(b)
+                else:
+                    width = source.weight.shape[0] // self.size
+                    tensors = {name: getattr(source, name)[b * width:(b + 1) * width] for name in
+                               ("weight", "bias", "running_mean", "running_var") if getattr(source, name, None) is not None}
+                    if isinstance(source, nn.modules.batchnorm._BatchNorm):
+                        target.num_batches_tracked.copy_(source.num_batches_tracked)
+                for name, value in tensors.items():
+                    getattr(target, name).copy_(value.reshape(getattr(target, name).shape))
+
+
+class PackedOptimizer(torch.optim.Optimizer):
+    """Adam, AdamW or SGD as torch computes them, with a learning rate and weight decay per member.
+
+    Every fused parameter's first dimension holds the members (conv weights in blocks of output
+    channels), so `param.unflatten(0, (B, -1))` puts member b at index b, whatever the memory format.
+    """
+
+    def __init__(self, params: Sequence[nn.Parameter], kind: str, lr: torch.Tensor, weight_decay: torch.Tensor,
+                 momentum: torch.Tensor, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        super().__init__(params, {})
+        self.kind, self.betas, self.eps = kind, betas, eps
+        self.lr, self.weight_decay, self.momentum = lr, weight_decay, momentum
+        self.active = torch.ones_like(lr)  # 0 freezes a member that stopped
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], Any] | None = None) -> None:
+        members = len(self.lr)
+        for group in self.param_groups:
+            for param in group["params"]:
+                if param.grad is None:
+                    continue
+                w, g = param.unflatten(0, (members, -1)), param.grad.unflatten(0, (members, -1))
+                shape = (members,) + (1,) * (w.dim() - 1)
+                lr, decay = (self.lr * self.active).view(shape), self.weight_decay.view(shape)
+                state = self.state[param]
+                if self.kind == "sgd":  # torch's SGD: decay into the gradient, momentum buffer from step 1
+                    g = g + decay * w
+                    if "buffer" not in state:
+                        state["buffer"] = g.clone()
+                    else:
+                        state["buffer"].mul_(self.momentum.view(shape)).add_(g)
+                    w.sub_(lr * state["buffer"])
+                    continue
+                if self.kind == "adamw":  # decoupled decay
+                    w.mul_(1 - lr * decay)
+                else:
+                    g = g + decay * w
+                if not state:
+                    state.update(step=0, exp_avg=torch.zeros_like(w), exp_avg_sq=torch.zeros_like(w))
+                state["step"] += 1
+                beta1, beta2 = self.betas
+                state["exp_avg"].lerp_(g, 1 - beta1)
+                state["exp_avg_sq"].mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bias1, bias2 = 1 - beta1 ** state["step"], 1 - beta2 ** state["step"]
+                denom = (state["exp_avg_sq"].sqrt() / math.sqrt(bias2)).add_(self.eps)
+                w.sub_((lr / bias1) * state["exp_avg"] / denom)
+
+
+def _member_losses(logits: torch.Tensor, y: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:
+    """Each member's mean cross-entropy (weighted mean with class weights, as torch's mean is)."""
+    members, n, classes = logits.shape
+    losses = nn.functional.cross_entropy(logits.reshape(-1, classes), y.reshape(-1), weight=weight,
+                                         reduction="none").view(members, n)
+    return losses.sum(1) / weight[y].sum(1) if weight is not None else losses.mean(1)
+
+
+def _evaluate_members(model: PackedConvNet, x: torch.Tensor, y: torch.Tensor,
+                      execution: Execution) -> tuple[list[float], list[float]]:
+    """Validation loss and accuracy of every member, all on the same images."""
+    model.eval()
+    loss = torch.zeros(model.size, device=x.device)
+    correct = torch.zeros(model.size, device=x.device)
+    with torch.inference_mode(), execution.autocast(x.device):
+        batch = EVAL_BATCH.get(x.device.type, EVAL_BATCH["cpu"])
+        for start in range(0, len(x), batch):
+            xb, yb = x[start:start + batch], y[start:start + batch]
+            logits = model(execution.layout(xb.repeat(1, model.size, 1, 1))).float()
+            loss += nn.functional.cross_entropy(logits.flatten(0, 1), yb.repeat(model.size),
+                                                reduction="none").view(model.size, -1).sum(1)
+            correct += (logits.argmax(-1) == yb).sum(1)
+    return (loss / len(y)).tolist(), (correct / len(y)).tolist()
+
+
+def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
+             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None
+             ) -> list[tuple[nn.Module, list[dict[str, float]], int] | Exception]:
+    """Train cells of one pack key together; per member, what `train.fit` returns, or its exception."""
+    keys = {pack_key(c) for c in configs}
+    if len(keys) != 1 or None in keys:
+        raise ValueError("fit_pack takes cells that share one pack key")
+    cfg, size = configs[0].train, len(configs)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    members = []
+    for config in configs:  # each member starts where its plain run would
+        torch.manual_seed(config.seed)
+        members.append(create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
+                                    **config.model.params).to(device))
+    model = PackedConvNet(members, [c.model.params for c in configs]).to(device)
+    if execution.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        members = [m.to(memory_format=torch.channels_last) for m in members]
+    torch.manual_seed(configs[0].seed)  # the pack's dropout masks and augmentation
+    orders = [torch.Generator().manual_seed(c.seed) for c in configs]
+
+    def per_member(field: str) -> torch.Tensor:
+        return torch.tensor([float(getattr(c.train, field)) for c in configs], device=device)
+
+    optimizer = PackedOptimizer(list(model.parameters()), cfg.optimizer, per_member("lr"),
+                                per_member("weight_decay"), per_member("momentum"))
+    step_model = torch.compile(model) if execution.compile else model
+    scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
+    augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
+    weight = None
+    if cfg.class_weighted:
+        counts = class_frequencies(data.train_y, data.num_classes)
+        weight = (counts.sum() / (data.num_classes * counts)).to(device)
+    n = len(data.train_x)
+    n_used = n - 1 if n % cfg.batch_size == 1 else n
+    shape = data.train_x.shape[1:]
+
+    def save(b: int) -> dict[str, torch.Tensor]:
+        model.copy_member_into(b, members[b])
+        return {k: v.detach().clone() for k, v in members[b].state_dict().items()}
+
+    histories: list[list[dict[str, float]]] = [[] for _ in configs]
+    best = [(math.inf, 0)] * size
+    saved: list[dict[str, torch.Tensor] | None] = [None] * size  # best weights, or those at the stop
+    failures: list[Exception | None] = [None] * size
+    running = list(range(size))
+    for epoch in range(1, cfg.epochs + 1):
+        started = time.perf_counter()
+        model.train()
+        order = torch.stack([sample(data.train_y, data.num_classes, g) for g in orders]).to(device)
+        loss_sum = torch.zeros(size, device=device)
+        correct = torch.zeros(size, device=device)
+        active = optimizer.active > 0
+        for start in range(0, n_used, cfg.batch_size):
+            idx = order[:, start:min(start + cfg.batch_size, n_used)]  # (B, nb): each member's own batch
+            x = augment(data.train_x[idx].flatten(0, 1)).view(size, -1, *shape)
+            x = execution.layout(x.transpose(0, 1).reshape(idx.shape[1], size * shape[0], *shape[1:]))
+            y = data.train_y[idx]
+            with execution.autocast(device):
+                logits = step_model(x).float()
+                losses = _member_losses(logits, y, weight)
+            optimizer.zero_grad(set_to_none=True)
+            # A stopped or diverged member adds nothing (where, not a product: NaN * 0 is NaN).
+            scaler.scale(torch.where(active, losses, torch.zeros_like(losses)).sum()).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            loss_sum += losses.detach() * idx.shape[1]
+            correct += (logits.argmax(-1) == y).sum(1)
+        train_loss, train_acc = (loss_sum / n_used).tolist(), (correct / n_used).tolist()
+        val_loss, val_acc = _evaluate_members(step_model, data.val_x, data.val_y, execution)
+        seconds = time.perf_counter() - started
+        for b in list(running):
+            stop = False
+            if not math.isfinite(train_loss[b]):
+                failures[b] = TrainingDiverged(f"training loss became {train_loss[b]} in epoch {epoch}")
+                stop = True
+            else:
+                row = {"epoch": epoch, "train_loss": train_loss[b], "train_accuracy": train_acc[b],
+                       "val_loss": val_loss[b], "val_accuracy": val_acc[b], "seconds": seconds}
+                histories[b].append(row)
+                on_epoch(b, row)
+                member = configs[b].train
+                if val_loss[b] < best[b][0]:
+                    best[b] = (val_loss[b], epoch)
+                    saved[b] = save(b) if member.restore_best else None
+                elif member.patience and epoch - best[b][1] >= member.patience:
+                    stop = True
+                    saved[b] = saved[b] if member.restore_best else save(b)
+            if stop:  # frozen from here on: no learning rate, weights already saved
+                running.remove(b)
+                optimizer.active[b] = 0
+        if not running:
+            break
+    fitted: list[tuple[nn.Module, list[dict[str, float]], int] | Exception] = []
+    for b in range(size):
+        if failures[b] is not None:
+            fitted.append(failures[b])
+            continue
+        if saved[b] is None:  # trained to the last epoch without restoring: its final weights
+            model.copy_member_into(b, members[b])
+        else:
+            members[b].load_state_dict(saved[b])
+        fitted.append((members[b], histories[b], best[b][1]))
+    return fitted
+
+
+def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
+               on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None
+               ) -> list[dict[str, Any] | Exception]:
+    """Train a pack; per member, `train.train_run`'s result (tested as a plain run is), or its exception."""
+    results: list[dict[str, Any] | Exception] = []
+    for fitted in fit_pack(configs, data, device, execution, on_epoch):
+        if isinstance(fitted, Exception):
+            results.append(fitted)
+            continue
+        model, history, best_epoch = fitted
+        test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
+        results.append({"params": sum(p.numel() for p in model.parameters()), "history": history,
+                        "best_epoch": best_epoch, "epochs_trained": len(history),
+                        "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)})
+    return results
