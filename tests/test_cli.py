@@ -64,6 +64,8 @@ def test_set_override_trains_new_cells(write_grid, tmp_path, capsys):
     (["run", "--executor", "ray", "--gpus-per-run", "1.5"], "", "", "--gpus-per-run takes a share in (0, 1]"),
     (["run", "--executor", "ray", "--cpus-per-run", "0"], "", "", "--cpus-per-run an integer >= 1"),
     (["run", "--executor", "ray", "--address", "127.0.0.1:1"], "", "", "--address 127.0.0.1:1: no Ray cluster answers"),
+    (["run", "--pack", "0"], "", "", "--pack 0: expected an integer >= 1 or auto"),
+    (["run", "--pack", "many"], "", "", "--pack many: expected an integer >= 1 or auto"),
     (["list"], "epochs = 2", "epochz = 2", "unknown field train.epochz"),
     (["report"], "seeds = [0, 1]", "seeds = []", "seeds = [] is not allowed"),
 ])

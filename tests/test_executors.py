@@ -156,6 +156,52 @@ def test_a_cell_claimed_by_a_live_runner_is_left_to_it(write_grid, tmp_path):
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]
 
 
+# --- packed training (--pack): packs of cells on every executor ---------------------------------
+
+@pytest.mark.parametrize("options", [replace(OPTIONS, pack=2), replace(OPTIONS, pack=2, workers=2),
+                                     replace(OPTIONS, pack=2, executor="ray")], ids=["one", "workers", "ray"])
+def test_packs_train_each_cell_once_as_its_own_run(write_grid, tmp_path, options):
+    """The tiny grid's seeds pack in twos (batchnorm changes shapes); each cell gets its own record that
+    names its pack, the ids are the unpacked run's, and a second run trains nothing."""
+    grid = load_grid(write_grid())
+    summary = run_grids([grid], tmp_path, options)
+    assert (summary.trained, summary.failed) == (4, 0)
+    records = ResultStore(tmp_path, grid.name).records()
+    assert sorted(records) == sorted(c.run_id for c in grid.cells)
+    for cell in grid.cells:
+        packed = records[cell.run_id]["execution"]["packed"]
+        partner = next(c for c in grid.cells if c.axes == cell.axes and c is not cell)
+        assert (packed["size"], packed["with"]) == (2, [partner.run_id])
+        assert records[cell.run_id]["test"]["accuracy"] > 0.1
+    assert run_grids([grid], tmp_path, options).trained == 0
+    assert not list(ResultStore(tmp_path, grid.name).runs_dir.glob("*.lock"))
+
+
+def test_a_pack_leaves_a_claimed_cell_to_its_runner(write_grid, tmp_path):
+    """When another runner holds one cell of a pack, the rest of the pack trains without it, unpacked."""
+    grid = load_grid(write_grid())
+    store = ResultStore(tmp_path, grid.name)
+    taken = grid.cells[0].run_id
+    assert store.claim(taken)
+    summary = run_grids([grid], tmp_path, replace(OPTIONS, pack=2))
+    assert (summary.trained, summary.elsewhere) == (3, 1)
+    records = store.records()
+    assert taken not in records and store.claim_alive(taken)
+    assert sum("packed" in r["execution"] for r in records.values()) == 2  # the untouched pair
+
+
+def test_cells_that_cannot_fuse_train_unpacked_saying_so_once(write_grid, tmp_path, capsys):
+    """A registered custom module is trained as plain runs under --pack, with one line saying why."""
+    from test_spec import PLUGIN
+    (tmp_path / "my_models.py").write_text(PLUGIN.replace("plugin-mlp", "pack-mlp"))
+    grid = load_grid(write_grid('name = "p"\nplugins = ["my_models.py"]\ndatasets = ["digits"]\n'
+                                'seeds = [0, 1, 2]\n[train]\nepochs = 1\n[model]\nname = "pack-mlp"\n'))
+    summary = run_grids([grid], tmp_path / "res", replace(OPTIONS, pack=4))
+    assert (summary.trained, summary.failed) == (3, 0)
+    assert capsys.readouterr().out.count("train unpacked (model pack-mlp") == 1
+    assert not any("packed" in r["execution"] for r in ResultStore(tmp_path / "res", "p").records().values())
+
+
 # --- the ray executor (a real local Ray on the CPU) and workers that die -----------------------
 
 RAY = replace(OPTIONS, executor="ray")

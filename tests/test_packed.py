@@ -12,7 +12,7 @@ from scipy import stats
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import load_splits
 from ablatrix.models import resolve_params
-from ablatrix.packed import fit_pack, pack_key, train_pack
+from ablatrix.packed import fit_pack, pack_key, pack_size, train_pack
 from ablatrix.train import Execution, TrainingDiverged, evaluate, fit, train_run
 
 CPU = torch.device("cpu")
@@ -129,3 +129,8 @@ def test_fit_pack_refuses_mixed_cells(digits):
     """Cells of different shapes cannot be fused; asking to is a programming error, not a silent mix."""
     with pytest.raises(ValueError):
         fit_pack([config(0), config(0, {"conv": [4]})], digits, CPU)
+
+
+def test_auto_pack_size_is_one_on_cpu():
+    """`--pack auto` does not pack on CPU, where benchmarks/packed.py measured fused packs slower."""
+    assert pack_size(config(0), CPU) == 1

@@ -59,7 +59,10 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
                                     f"it takes {', '.join(flags[args.executor])}")
     if args.max_retries < 0:
         raise AblatrixError("--max-retries takes an integer >= 0")
-    common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile,
+    pack = 1 if args.pack is None else 0 if args.pack == "auto" else int(args.pack) if args.pack.isdigit() else 0
+    if pack < 1 and args.pack != "auto":
+        raise AblatrixError(f"--pack {args.pack}: expected an integer >= 1 or auto")
+    common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile, pack=pack,
                   executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries)
     if args.executor == "ray":
         gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
@@ -184,6 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CPU: train N cells at once in N processes (default 1)")
             verb.add_argument("--runs-per-gpu", type=int, metavar="N",
                               help="CUDA: train N cells at once on each GPU (default 1)")
+            verb.add_argument("--pack", metavar="N|auto",
+                              help="train up to N cells that share their shapes as one fused model "
+                                   "(auto: as GPU memory allows; 1 on CPU, where it is slower)")
             verb.add_argument("--retry-failed", action="store_true",
                               help="train cells whose stored record says failed again")
             verb.add_argument("--until-decided", action="store_true",

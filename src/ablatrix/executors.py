@@ -37,6 +37,7 @@ from .registry import Registry
 from .spec import Cell, Grid, import_plugins
 from .config import SCHEMA
 from .store import ResultStore, environment
+from .packed import pack_key, pack_size, train_pack
 from .train import Execution, train_run
 
 
@@ -56,6 +57,7 @@ class RunOptions:
     plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
     retry_failed: bool = False  # train cells whose record says `failed` again
     max_retries: int = 2  # times a cell is trained again after its worker process or node died
+    pack: int = 1  # local: train up to this many cells of one shape as one fused model; 0: auto
 
     @property
     def execution(self) -> Execution:
@@ -86,6 +88,7 @@ class Summary:
 Todo = list[tuple[Cell, ResultStore]]
 # A cell handed to a worker, with the system failures (dead worker or node) of its earlier attempts.
 Job = tuple[Cell, ResultStore, tuple[str, ...]]
+Unit = tuple[Job, ...]  # what one worker trains at once: one cell, or a pack of cells fused into one model
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -155,29 +158,69 @@ OOM_HINT = ("the cell needs more GPU memory than was free: train fewer cells per
             "(--runs-per-gpu, --gpus-per-run) or use a smaller train.batch_size")
 
 
+def _record_head(cell: Cell, options: RunOptions, earlier: Sequence[str], started: datetime,
+                 execution: Execution) -> dict[str, Any]:
+    return {**cell_record(cell, earlier), **environment(options.device),
+            "execution": {**asdict(execution), **options.placement()}, "started_at": started.isoformat()}
+
+
+def _failure(exc: BaseException) -> dict[str, str]:
+    """A failed record's error and traceback; out of memory gets a hint, since retrying the same way fails."""
+    detail = "".join(traceback.format_exception(exc))
+    if isinstance(exc, torch.cuda.OutOfMemoryError):
+        return {"status": "failed", "error": f"OutOfMemoryError: {str(exc).splitlines()[0]} ({OOM_HINT})",
+                "traceback": detail}
+    return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": detail}
+
+
 def run_cell(cell: Cell, options: RunOptions,
              on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
              earlier: Sequence[str] = ()) -> dict[str, Any]:
     """Train one cell and return its full record, status `done` or `failed` with the reason."""
-    started = datetime.now(timezone.utc)
-    clock = time.perf_counter()
-    execution = options.execution
-    record = {**cell_record(cell, earlier), **environment(options.device),
-              "execution": {**asdict(execution), **options.placement()}, "started_at": started.isoformat()}
+    started, clock, execution = datetime.now(timezone.utc), time.perf_counter(), options.execution
+    record = _record_head(cell, options, earlier, started, execution)
     try:
         data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
                            options.data_root)
         record.update(train_run(cell.config, data, options.device, execution, on_epoch), status="done")
-    except torch.cuda.OutOfMemoryError as exc:  # the cell's own failure: retrying the same way fails again
-        record.update(status="failed", error=f"OutOfMemoryError: {str(exc).splitlines()[0]} ({OOM_HINT})",
-                      traceback=traceback.format_exc())
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}",
-                      traceback=traceback.format_exc())
+        record.update(_failure(exc))
     finally:
         torch.cuda.empty_cache()  # an out-of-memory cell leaves nothing cached for the next one
     record["wall_seconds"] = time.perf_counter() - clock
     return record
+
+
+def run_pack(cells: Sequence[Cell], options: RunOptions,
+             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
+             earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+    """Train cells that share a pack key as one fused model; one full record per cell.
+
+    `execution.packed` names the pack's size and the other cells in it; `wall_seconds` is the
+    cell's share of the pack's time (the pack's own is `execution.packed.wall_seconds`).
+    """
+    started, clock, execution = datetime.now(timezone.utc), time.perf_counter(), options.execution
+    ids = [c.run_id for c in cells]
+    records = [_record_head(cell, options, past, started, execution)
+               for cell, past in zip(cells, earlier or [()] * len(cells))]
+    for record in records:
+        record["execution"]["packed"] = {"size": len(cells), "with": [i for i in ids if i != record["run_id"]]}
+    try:
+        data = load_splits(cells[0].config.dataset, cells[0].config.train.val_fraction, options.device,
+                           options.data_root)
+        results = train_pack([c.config for c in cells], data, options.device, execution, on_epoch)
+        for record, result in zip(records, results):  # a member's failure is its own
+            record.update(_failure(result) if isinstance(result, Exception) else {**result, "status": "done"})
+    except Exception as exc:  # the pack as a whole failed (e.g. out of memory): every member did
+        for record in records:
+            record.update(_failure(exc))
+    finally:
+        torch.cuda.empty_cache()
+    wall = time.perf_counter() - clock
+    for record in records:
+        record["wall_seconds"] = wall / len(cells)
+        record["execution"]["packed"]["wall_seconds"] = wall
+    return records
 
 
 def claim_pending(cell: Cell, store: ResultStore, retry_failed: bool) -> bool:
@@ -209,12 +252,67 @@ def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
     if not claim_pending(cell, store, options.retry_failed):
         return "elsewhere"
     try:
-        def beat(row: dict[str, float]) -> None:
-            store.heartbeat(cell.run_id)
-            on_epoch(row)
-        return store_record(cell, store, run_cell(cell, options, beat, earlier))
+        return train_and_store(cell, store, options, on_epoch, earlier)
     finally:
         store.release(cell.run_id)
+
+
+def train_and_store(cell: Cell, store: ResultStore, options: RunOptions,
+                    on_epoch: Callable[[dict[str, float]], None], earlier: Sequence[str]) -> str:
+    """Train a cell this runner has claimed, renewing the claim every epoch, and store its record."""
+    def beat(row: dict[str, float]) -> None:
+        store.heartbeat(cell.run_id)
+        on_epoch(row)
+    return store_record(cell, store, run_cell(cell, options, beat, earlier))
+
+
+def train_claimed_unit(unit: Unit, options: RunOptions,
+                       on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> list[str]:
+    """Claim, train and store a unit: one cell, or a pack of which the cells still pending train fused."""
+    if len(unit) == 1:
+        cell, store, earlier = unit[0]
+        return [train_claimed(cell, store, options, on_epoch, earlier)]
+    claimed = [job for job in unit if claim_pending(job[0], job[1], options.retry_failed)]
+    statuses = ["elsewhere"] * (len(unit) - len(claimed))
+    try:
+        if len(claimed) == 1:  # the others were taken by another runner: a pack of one is a plain run
+            statuses.append(train_and_store(*claimed[0][:2], options, on_epoch, claimed[0][2]))
+        elif claimed:
+            def beat(b: int, row: dict[str, float]) -> None:
+                claimed[b][1].heartbeat(claimed[b][0].run_id)
+                on_epoch(row)
+            records = run_pack([job[0] for job in claimed], options, beat, [job[2] for job in claimed])
+            statuses += [store_record(cell, store, record) for (cell, store, _), record in zip(claimed, records)]
+    finally:
+        for cell, store, _ in claimed:
+            store.release(cell.run_id)
+    return statuses
+
+
+def units(todo: Todo, options: RunOptions) -> list[Unit]:
+    """The pending cells as units: packs of up to `options.pack` cells of one grid and pack key, as
+    even in size as their number allows; cells that cannot be fused go one by one, said once."""
+    if options.pack == 1:
+        return [((cell, store, ()),) for cell, store in todo]
+    groups: dict[tuple[str, str | None], list[Job]] = {}
+    alone: list[Unit] = []
+    for cell, store in todo:
+        key = pack_key(cell.config)
+        if key is None:
+            alone.append(((cell, store, ()),))
+        else:
+            groups.setdefault((cell.grid, key), []).append((cell, store, ()))
+    if alone:
+        models = sorted({job[0].config.model.name for (job,) in alone})
+        tqdm.write(f"--pack: {len(alone)} cell(s) train unpacked (model {', '.join(models)}; only convnet "
+                   "with eval-mode evaluation and adam, adamw or sgd fuses)")
+    packed: list[Unit] = []
+    for jobs in groups.values():
+        size = options.pack or pack_size(jobs[0][0].config, options.device)
+        count = math.ceil(len(jobs) / size)
+        bounds = [round(i * len(jobs) / count) for i in range(count + 1)]
+        packed += [tuple(jobs[a:b]) for a, b in zip(bounds, bounds[1:])]
+    return packed + alone
 
 
 def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error: str) -> bool:
@@ -228,24 +326,23 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
 
 def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     statuses = []
-    for cell, store in todo:
-        bar.set_description(cell.label())
-        statuses.append(train_claimed(cell, store, options, lambda row: bar.set_postfix(
-            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}")))
-        bar.update()
+    for unit in units(todo, options):
+        bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, packed" if len(unit) > 1 else ""))
+        statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
+            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
+        bar.update(len(unit))
     return statuses
 
 
 def _worker(conn: Connection, device: str, threads: int, options: RunOptions) -> None:
-    """A spawned worker: trains the cells the parent sends, one at a time, until it sends None."""
+    """A spawned worker: trains the units (a cell or a pack) the parent sends, one at a time, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
     import_plugins(options.plugins)  # spawned processes start with only the built-in registries
     torch.set_num_threads(threads)
     options = replace(options, device=torch.device(device))
-    while (job := conn.recv()) is not None:
-        cell, store, earlier = job
-        conn.send(train_claimed(cell, store, options, earlier=earlier))
+    while (unit := conn.recv()) is not None:
+        conn.send(train_claimed_unit(unit, options))
     # Done: holding no claim, a SIGTERM (the parent's exit ends daemonic workers still tearing
     # down torch) may end us quietly, not as a SystemExit inside an atexit callback.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -253,12 +350,12 @@ def _worker(conn: Connection, device: str, threads: int, options: RunOptions) ->
 
 @dataclass
 class _Slot:
-    """One worker process and the cell it is training."""
+    """One worker process and the cell or pack it is training."""
 
     device: str
     process: BaseProcess
     conn: Connection
-    job: Job | None = None
+    unit: Unit | None = None
 
 
 def lost_record(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error: str,
@@ -271,9 +368,10 @@ def lost_record(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error
 def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     """Cells in `options.workers` spawned processes, each with its own device and thread share.
 
-    Each worker holds one cell at a time and the parent knows which, so a worker that dies (killed
-    for memory, a crash in native code) costs only its own cell's attempt: a new worker takes its
-    place, and the cell is queued again up to `max_retries` times before it is recorded failed.
+    Each worker holds one unit (a cell, or a pack with --pack) at a time and the parent knows
+    which, so a worker that dies (killed for memory, a crash in native code) costs only its own
+    cells' attempt: a new worker takes its place, and the cells are queued again up to
+    `max_retries` times before they are recorded failed.
     """
     ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
     if options.device.type == "cuda" and options.device.index is None:
@@ -281,7 +379,7 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     else:
         devices = [str(options.device)] * options.workers
     threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
-    queue: deque[Job] = deque((cell, store, ()) for cell, store in todo)
+    queue: deque[Unit] = deque(units(todo, options))
 
     def start(device: str) -> _Slot:
         parent, child = ctx.Pipe()
@@ -291,47 +389,50 @@ def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
         return _Slot(device, process, parent)
 
     def hand_out(slot: _Slot) -> None:
-        slot.job = queue.popleft() if queue else None
-        slot.conn.send(slot.job)
+        slot.unit = queue.popleft() if queue else None
+        slot.conn.send(slot.unit)
 
     statuses = []
-    slots = [start(device) for device in devices[:len(todo)]]
+    slots = [start(device) for device in devices[:len(queue)]]
     try:
         for slot in slots:
             hand_out(slot)
-        while busy := {slot.conn: slot for slot in slots if slot.job}:
+        while busy := {slot.conn: slot for slot in slots if slot.unit}:
             for conn in wait(list(busy)):
                 slot = busy[conn]
                 try:
-                    statuses.append(conn.recv())
-                except (EOFError, ConnectionResetError):  # the worker died with its cell
+                    statuses += conn.recv()
+                    bar.update(len(slot.unit))
+                except (EOFError, ConnectionResetError):  # the worker died with its cell or pack
                     slot.process.join()
-                    cell, store, earlier = slot.job
                     code = slot.process.exitcode
                     error = (f"WorkerDied: the worker process training this cell ended with exit code "
                              f"{code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""))
-                    if not store.claim_alive(cell.run_id):
-                        store.release(cell.run_id)
+                    retried = []
+                    for cell, store, earlier in slot.unit:
+                        if not store.claim_alive(cell.run_id):
+                            store.release(cell.run_id)
+                        if system_failure(cell, options, earlier, error):
+                            retried.append((cell, store, (*earlier, error)))
+                            continue
+                        statuses.append(store_record(cell, store, lost_record(
+                            cell, options, earlier, error, "no traceback: the process died")))
+                        bar.update()
                     slots[slots.index(slot)] = slot = start(slot.device)
-                    if system_failure(cell, options, earlier, error):
-                        queue.append((cell, store, (*earlier, error)))
-                        hand_out(slot)
-                        continue
-                    statuses.append(store_record(cell, store, lost_record(
-                        cell, options, earlier, error, "no traceback: the process died")))
-                bar.update()
+                    if retried:
+                        queue.append(tuple(retried))
                 hand_out(slot)
     finally:
         # On Ctrl-C or an error, stop the busy workers. Idle ones were told to exit and are not
         # joined: their torch teardown (about 1 s) need not hold up the caller.
-        busy = [slot for slot in slots if slot.job is not None]
+        busy = [slot for slot in slots if slot.unit is not None]
         for slot in busy:
             slot.process.terminate()
         for slot in busy:
             slot.process.join()
-            cell, store, _ = slot.job
-            if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
-                store.release(cell.run_id)
+            for cell, store, _ in slot.unit:
+                if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
+                    store.release(cell.run_id)
     return statuses
 
 
@@ -345,15 +446,17 @@ def run_local(todo: Todo, options: RunOptions) -> Summary:
 HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well inside STALE_SECONDS
 
 
-def _ray_cell(cell: Cell, options: RunOptions, earlier: tuple[str, ...]) -> dict[str, Any]:
-    """One cell inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
+def _ray_unit(cells: Sequence[Cell], options: RunOptions, earlier: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
+    """A cell, or a pack of cells, inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
     import ray
     import_plugins(options.plugins)  # Ray workers start with only the built-in registries
     torch.set_num_threads(options.cpus_per_run)
-    record = run_cell(cell, replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu")),
-                      earlier=earlier)
-    record["execution"].update(host=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
-    return record
+    options = replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu"))
+    records = (run_pack(cells, options, earlier=earlier) if len(cells) > 1
+               else [run_cell(cells[0], options, earlier=earlier[0])])
+    for record in records:
+        record["execution"].update(host=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
+    return records
 
 
 def _check_reachable(address: str) -> None:
@@ -398,58 +501,68 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                      logging_level="ERROR", configure_logging=False)
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
-    running: dict[Any, Job] = {}
+    running: dict[Any, Unit] = {}
     try:
         for resource, need in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
             have = _largest_node(ray, resource)
             if need > have:
                 raise AblatrixError(f"--{resource.lower()}s-per-run {need:g}: the largest node of the "
                                     f"Ray cluster has {have:g} {resource}(s)")
-        task = ray.remote(_ray_cell).options(num_cpus=options.cpus_per_run,
+        task = ray.remote(_ray_unit).options(num_cpus=options.cpus_per_run,
                                              num_gpus=options.gpus_per_run, max_retries=0)
+
+        def submit(unit: Unit) -> None:
+            running[task.remote([job[0] for job in unit], options, [job[2] for job in unit])] = unit
+
         resources = ray.cluster_resources()
         slots = min(resources.get("CPU", 0) // options.cpus_per_run,
                     resources.get("GPU", 0) // options.gpus_per_run if options.gpus_per_run else math.inf)
         in_flight = 2 * max(1, int(slots))  # enough to keep the cluster busy; the rest stay unclaimed
-        queue, statuses = deque(todo), []
+        queue, statuses = deque(units(todo, options)), []
         with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
             renewed = time.monotonic()
             while queue or running:
-                while queue and len(running) < in_flight:  # claim a cell only when submitting it
-                    cell, store = queue.popleft()
-                    if claim_pending(cell, store, options.retry_failed):
-                        running[task.remote(cell, options, ())] = (cell, store, ())
-                    else:
-                        statuses.append("elsewhere")
-                        bar.update()
+                while queue and len(running) < in_flight:  # claim cells only when submitting them
+                    unit = queue.popleft()
+                    claimed = tuple(job for job in unit if claim_pending(job[0], job[1], options.retry_failed))
+                    statuses += ["elsewhere"] * (len(unit) - len(claimed))
+                    bar.update(len(unit) - len(claimed))
+                    if claimed:
+                        submit(claimed)
                 if not running:
                     break
                 done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
                 for ref in done:
-                    cell, store, earlier = running.pop(ref)
+                    unit = running.pop(ref)
                     try:
-                        record = ray.get(ref)
+                        records = ray.get(ref)
                     except ray.exceptions.RayTaskError as exc:  # raised outside training (e.g. unpickling)
-                        record = lost_record(cell, options, earlier, f"{type(exc).__name__}: "
-                                             f"{str(exc).splitlines()[0]}", str(exc))
+                        error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                        records = [lost_record(cell, options, earlier, error, str(exc)) for cell, _, earlier in unit]
                     except ray.exceptions.RayError as exc:  # the worker or its node died
                         error = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
-                        if system_failure(cell, options, earlier, error):
-                            running[task.remote(cell, options, (*earlier, error))] = (cell, store, (*earlier, error))
-                            continue
-                        record = lost_record(cell, options, earlier, error, str(exc))
-                    statuses.append(store_record(cell, store, record))
-                    store.release(cell.run_id)
-                    bar.update()
+                        retried, lost = [], []
+                        for job in unit:
+                            (retried if system_failure(job[0], options, job[2], error) else lost).append(job)
+                        if retried:  # they keep their claims
+                            submit(tuple((cell, store, (*earlier, error)) for cell, store, earlier in retried))
+                        unit = tuple(lost)
+                        records = [lost_record(cell, options, earlier, error, str(exc)) for cell, _, earlier in lost]
+                    for (cell, store, _), record in zip(unit, records):
+                        statuses.append(store_record(cell, store, record))
+                        store.release(cell.run_id)
+                        bar.update()
                 if time.monotonic() - renewed > HEARTBEAT_SECONDS:
                     renewed = time.monotonic()
-                    for cell, store in running.values():
-                        store.heartbeat(cell.run_id)
+                    for unit in running.values():
+                        for cell, store, _ in unit:
+                            store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
-        for ref, (cell, store, _) in running.items():
+        for ref, unit in running.items():
             if not started:  # a Ray we started goes down whole; a force-cancel that races the
                 ray.cancel(ref)  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
-            store.release(cell.run_id)
+            for cell, store, _ in unit:
+                store.release(cell.run_id)
         if started:
             ray.shutdown()
     return Summary.of(statuses)

@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import AUGMENTATIONS, Splits
+from .data import AUGMENTATIONS, DATASETS, Splits
+from .errors import AblatrixError
 from .models import _per_block, create_model
 from .train import (EVAL_BATCH, OPTIMIZERS, PLAIN, SAMPLERS, Execution, TrainingDiverged, class_frequencies,
                     classification_metrics, evaluate)
@@ -35,6 +36,7 @@ from .train import (EVAL_BATCH, OPTIMIZERS, PLAIN, SAMPLERS, Execution, Training
 MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
 MEMBER_TRAIN_FIELDS = ("lr", "weight_decay", "momentum", "patience", "restore_best")
 PACKED_OPTIMIZERS = ("adam", "adamw", "sgd")  # those PackedOptimizer computes
+AUTO_PACK_CAP = 32  # `--pack auto` on a GPU: at most this many members per pack
 POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 
 
@@ -50,6 +52,32 @@ def pack_key(config: RunConfig) -> str | None:
     model = {k: v for k, v in config.model.params.items() if k not in MEMBER_MODEL_PARAMS}
     train = {k: v for k, v in asdict(config.train).items() if k not in MEMBER_TRAIN_FIELDS}
     return json.dumps([config.dataset, model, train], sort_keys=True, default=list)
+
+
+def pack_size(config: RunConfig, device: torch.device) -> int:
+    """`--pack auto`: 1 on CPU, where fused grouped convolutions measured slower than plain runs
+    (benchmarks/packed.py); on CUDA as many members as fit in half the free memory, at most
+    AUTO_PACK_CAP, from one member's parameters and its activations per sample."""
+    if device.type != "cuda":
+        return 1
+    if not torch.cuda.is_available():  # a Ray driver without a GPU, sending packs to GPU workers
+        raise AblatrixError("--pack auto measures free GPU memory where the run starts, and this machine "
+                            "has no GPU: give --pack a number")
+    info = DATASETS[config.dataset]
+    model = create_model(config.model.name, info.input_shape, len(info.classes), **config.model.params)
+    outputs: list[int] = []
+    hooks = [m.register_forward_hook(lambda m, i, out: outputs.append(out.numel()))
+             for m in model.modules() if not list(m.children())]
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, *info.input_shape))
+    for hook in hooks:
+        hook.remove()
+    weights = sum(p.numel() for p in model.parameters())
+    # fp32 weights, gradients and two Adam moments; per sample, each activation kept for the
+    # backward pass, its gradient, and an autocast copy.
+    per_member = 4 * (4 * weights + 3 * sum(outputs) * config.train.batch_size)
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(AUTO_PACK_CAP, int(0.5 * free // per_member)))
 
 
 class PackedDropout(nn.Module):
