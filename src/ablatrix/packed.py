@@ -29,7 +29,7 @@ from .config import RunConfig
 from .data import AUGMENTATIONS, DATASETS, Splits
 from .errors import AblatrixError
 from .models import _per_block, create_model
-from .train import (EVAL_BATCH, OPTIMIZERS, PLAIN, SAMPLERS, Execution, TrainingDiverged, class_frequencies,
+from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, class_frequencies,
                     classification_metrics, evaluate)
 
 # What members of one pack may differ in: none of it changes a shape or the batch schedule.
@@ -106,8 +106,8 @@ class PackedLinear(nn.Module):
 
     def __init__(self, layers: Sequence[nn.Linear]) -> None:
         super().__init__()
-        self.weight = nn.Parameter(torch.stack([l.weight.detach().t() for l in layers]).contiguous())
-        self.bias = nn.Parameter(torch.stack([l.bias.detach() for l in layers]).unsqueeze(1))
+        self.weight = nn.Parameter(torch.stack([layer.weight.detach().t() for layer in layers]).contiguous())
+        self.bias = nn.Parameter(torch.stack([layer.bias.detach() for layer in layers]).unsqueeze(1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.baddbmm(self.bias, x, self.weight)
@@ -129,8 +129,8 @@ def _fused_conv(layers: Sequence[nn.Conv2d]) -> nn.Conv2d:
     first = layers[0]
     conv = nn.Conv2d(first.in_channels * len(layers), first.out_channels * len(layers), first.kernel_size,
                      first.stride, first.padding, groups=len(layers))
-    conv.weight.data.copy_(torch.cat([l.weight.detach() for l in layers]))
-    conv.bias.data.copy_(torch.cat([l.bias.detach() for l in layers]))
+    conv.weight.data.copy_(torch.cat([layer.weight.detach() for layer in layers]))
+    conv.bias.data.copy_(torch.cat([layer.bias.detach() for layer in layers]))
     return conv
 
 
@@ -138,7 +138,7 @@ def _fused_norm(layers: Sequence[nn.modules.batchnorm._BatchNorm], kind: type) -
     first = layers[0]
     norm = kind(first.num_features * len(layers), first.eps, first.momentum)
     for name in ("weight", "bias", "running_mean", "running_var"):
-        getattr(norm, name).data.copy_(torch.cat([getattr(l, name).detach() for l in layers]))
+        getattr(norm, name).data.copy_(torch.cat([getattr(layer, name).detach() for layer in layers]))
     norm.num_batches_tracked.copy_(first.num_batches_tracked)
     return norm
 
@@ -207,8 +207,8 @@ class PackedConvNet(nn.Module):
                     tensors = source.member(b)
                 else:
                     width = source.weight.shape[0] // self.size
-                    tensors = {name: getattr(source, name)[b * width:(b + 1) * width] for name in
-                               ("weight", "bias", "running_mean", "running_var") if getattr(source, name, None) is not None}
+                    names = [n for n in ("weight", "bias", "running_mean", "running_var") if hasattr(source, n)]
+                    tensors = {n: getattr(source, n)[b * width:(b + 1) * width] for n in names}
                     if isinstance(source, nn.modules.batchnorm._BatchNorm):
                         target.num_batches_tracked.copy_(source.num_batches_tracked)
                 for name, value in tensors.items():
