@@ -245,18 +245,6 @@ def store_record(cell: Cell, store: ResultStore, record: dict[str, Any]) -> str:
     return record["status"]
 
 
-def train_claimed(cell: Cell, store: ResultStore, options: RunOptions,
-                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
-                  earlier: Sequence[str] = ()) -> str:
-    """Claim, train and store one cell; return its status, or `elsewhere` if another runner has it."""
-    if not claim_pending(cell, store, options.retry_failed):
-        return "elsewhere"
-    try:
-        return train_and_store(cell, store, options, on_epoch, earlier)
-    finally:
-        store.release(cell.run_id)
-
-
 def train_and_store(cell: Cell, store: ResultStore, options: RunOptions,
                     on_epoch: Callable[[dict[str, float]], None], earlier: Sequence[str]) -> str:
     """Train a cell this runner has claimed, renewing the claim every epoch, and store its record."""
@@ -269,13 +257,10 @@ def train_and_store(cell: Cell, store: ResultStore, options: RunOptions,
 def train_claimed_unit(unit: Unit, options: RunOptions,
                        on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> list[str]:
     """Claim, train and store a unit: one cell, or a pack of which the cells still pending train fused."""
-    if len(unit) == 1:
-        cell, store, earlier = unit[0]
-        return [train_claimed(cell, store, options, on_epoch, earlier)]
     claimed = [job for job in unit if claim_pending(job[0], job[1], options.retry_failed)]
     statuses = ["elsewhere"] * (len(unit) - len(claimed))
     try:
-        if len(claimed) == 1:  # the others were taken by another runner: a pack of one is a plain run
+        if len(claimed) == 1:  # one cell, or the rest of a pack taken by another runner: a plain run
             statuses.append(train_and_store(*claimed[0][:2], options, on_epoch, claimed[0][2]))
         elif claimed:
             def beat(b: int, row: dict[str, float]) -> None:

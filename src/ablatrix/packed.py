@@ -29,8 +29,8 @@ from .config import RunConfig
 from .data import AUGMENTATIONS, DATASETS, Splits
 from .errors import AblatrixError
 from .models import _per_block, create_model
-from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, class_frequencies,
-                    classification_metrics, evaluate)
+from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, classification_metrics, evaluate,
+                    loss_weight, usable_samples)
 
 # What members of one pack may differ in: none of it changes a shape or the batch schedule.
 MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
@@ -319,12 +319,8 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
     step_model = torch.compile(model) if execution.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
     augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
-    weight = None
-    if cfg.class_weighted:
-        counts = class_frequencies(data.train_y, data.num_classes)
-        weight = (counts.sum() / (data.num_classes * counts)).to(device)
-    n = len(data.train_x)
-    n_used = n - 1 if n % cfg.batch_size == 1 else n
+    weight = loss_weight(cfg, data, device)
+    n_used = usable_samples(len(data.train_x), cfg.batch_size)
     shape = data.train_x.shape[1:]
 
     def save(b: int) -> dict[str, torch.Tensor]:

@@ -121,6 +121,19 @@ def classification_metrics(loss: float, accuracy: float, pred: torch.Tensor, y: 
             "confusion": confusion.tolist()}
 
 
+def loss_weight(cfg: TrainConfig, data: Splits, device: torch.device) -> torch.Tensor | None:
+    """With `class_weighted`, inverse class frequency, scaled so a balanced set gets weight 1 everywhere."""
+    if not cfg.class_weighted:
+        return None
+    counts = class_frequencies(data.train_y, data.num_classes)
+    return (counts.sum() / (data.num_classes * counts)).to(device)
+
+
+def usable_samples(n: int, batch_size: int) -> int:
+    """BatchNorm cannot normalise a batch of one sample: drop such a trailing batch."""
+    return n - 1 if n % batch_size == 1 else n
+
+
 def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
         on_epoch: Callable[[dict[str, float]], None] = lambda row: None
         ) -> tuple[nn.Module, list[dict[str, float]], int]:
@@ -138,13 +151,8 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
     step_model = torch.compile(model) if execution.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
     augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
-    weight = None
-    if cfg.class_weighted:  # inverse frequency, scaled so a balanced set gets weight 1 everywhere
-        counts = class_frequencies(data.train_y, data.num_classes)
-        weight = (counts.sum() / (data.num_classes * counts)).to(device)
-    n = len(data.train_x)
-    # BatchNorm cannot normalise a batch of one sample: drop such a trailing batch.
-    n_used = n - 1 if n % cfg.batch_size == 1 else n
+    weight = loss_weight(cfg, data, device)
+    n_used = usable_samples(len(data.train_x), cfg.batch_size)
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
