@@ -27,13 +27,24 @@ def test_tidy_csv_contract(grid, tmp_path):
     write_report([grid], tmp_path)
     runs = pd.read_csv(tmp_path / "tiny" / "runs.csv")
     assert list(runs.columns) == ["run_id", "variant", "dataset", "seed", "model.batchnorm", "params",
-                                  "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy", "test_loss",
-                                  "wall_seconds", "status"]
+                                  "epochs_trained", "best_epoch", "train_accuracy", "val_accuracy", "test_accuracy",
+                                  "test_loss", "wall_seconds", "status"]
     assert runs.set_index("run_id").loc[cells[True, 1].run_id, "test_accuracy"] == pytest.approx(29 / 36)
     per_class = pd.read_csv(tmp_path / "tiny" / "per_class.csv")
     assert {"run_id", "class", "accuracy", "support"} <= set(per_class.columns) and len(per_class) == 40
     row = per_class[(per_class.run_id == cells[True, 0].run_id) & (per_class.class_index == 3)].iloc[0]
     assert (str(row["class"]), row["correct"], row["support"]) == ("3", 32, 36)
+
+
+@pytest.mark.parametrize("restore_best, epoch", [(True, 2), (False, 3)])
+def test_runs_csv_reports_the_epoch_whose_weights_were_tested(write_grid, tmp_path, restore_best, epoch):
+    """train/val accuracy in runs.csv: the best epoch's (2 of 3), or the last one's without restore_best."""
+    grid = load_grid(write_grid(TINY_GRID.replace("patience = 0", f"patience = 0\nrestore_best = {str(restore_best).lower()}")))
+    store_runs(grid, tmp_path, FULL)
+    write_report([grid], tmp_path)
+    runs = pd.read_csv(tmp_path / "tiny" / "runs.csv")
+    assert runs.train_accuracy.tolist() == pytest.approx([0.3 * epoch] * 4)
+    assert runs.val_accuracy.tolist() == pytest.approx([0.25 * epoch] * 4)
 
 
 def test_accuracy_table_by_hand(grid, tmp_path):

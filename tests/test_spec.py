@@ -94,7 +94,7 @@ def edit(old: str, new: str) -> str:
     ("name = [", "malformed TOML"),
     (edit('name = "tiny"', 'name = "tiny"\ncolour = "red"'), "unknown field colour; allowed: name, description"),
     (edit("epochs = 2", "epoch = 2"), "unknown field train.epoch; allowed: optimizer, lr"),
-    (edit('["digits"]', '["imagenet"]'), "datasets: unknown dataset 'imagenet'; choose from: cifar10, digits, fashion-mnist, mnist, wm811k, wm811k-synthetic"),
+    (edit('["digits"]', '["imagenet"]'), "datasets: unknown dataset 'imagenet'; choose from: cifar10, digits, fashion-mnist, mnist, mnist-sample, wm811k, wm811k-synthetic"),
     (edit('["digits"]', "[]"), "datasets = [] is not allowed"),
     (edit("[0, 1]", "[0, 0]"), "seeds = [0, 0] repeats a value"),
     (edit("[0, 1]", "[-1]"), "seeds = [-1] is not allowed"),

@@ -11,7 +11,8 @@ import torch
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
-from ablatrix.train import TrainingDiverged, classification_metrics, evaluate, fit, train_run
+from ablatrix.train import (TrainingDiverged, classification_metrics, evaluate, fit, recompute_batchnorm,
+                            train_run)
 
 CPU = torch.device("cpu")
 
@@ -126,16 +127,42 @@ def test_evaluate_in_batches_equals_one_full_forward_pass(digits):
     assert torch.equal(pred, logits.argmax(1)) and acc == (pred == y).float().mean().item()
 
 
-def test_train_mode_evaluation_changes_metrics_not_training(digits):
-    """eval_mode "train" (a reproduction aid) evaluates with batch statistics and dropout on: the
-    same training (same train losses, same BatchNorm running statistics), other test numbers."""
-    plain, aided = (config(patience=0, restore_best=False, eval_mode=mode) for mode in ("eval", "train"))
+def test_recompute_batchnorm_takes_statistics_with_dropout_off(digits):
+    """bn-recomputed: each BatchNorm gets the average of its inputs' batch mean and unbiased variance
+    over the training inputs with dropout off (by hand for the first); after a dropout of 0.5 that
+    variance is below the one training gathered; the model itself is untouched."""
+    params = resolve_params("convnet", {"conv": [4, 6], "fc": [16], "dropout": 0.5})
+    model, _, _ = fit(dataclasses.replace(config(patience=0), model=ModelConfig("convnet", params)), digits, CPU)
+    x = digits.train_x[:512]  # two evaluation batches of 256
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = recompute_batchnorm(model, x)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+    conv, bn = fresh.features[0], fresh.features[1]
+    assert isinstance(conv, torch.nn.Conv2d) and isinstance(bn, torch.nn.BatchNorm2d) and not fresh.training
+    with torch.no_grad():
+        out = [conv(x[:256]), conv(x[256:])]
+    mean = sum(o.mean((0, 2, 3)) for o in out) / 2
+    var = sum(o.transpose(0, 1).flatten(1).var(1) for o in out) / 2
+    assert torch.allclose(bn.running_mean, mean, atol=1e-6) and torch.allclose(bn.running_var, var, rtol=1e-5)
+    after_dropout = (model.features[6], fresh.features[6])
+    assert all(isinstance(m, torch.nn.BatchNorm2d) for m in after_dropout)
+    assert (after_dropout[0].running_var / after_dropout[1].running_var).mean() > 1.3
+    _, _, pred = evaluate(model, digits.test_x, digits.test_y, mode="bn-recomputed", train_x=x)
+    with torch.no_grad():
+        assert torch.equal(pred, fresh(digits.test_x).argmax(1))
+
+
+@pytest.mark.parametrize("mode", ["train", "bn-recomputed"])
+def test_other_evaluation_modes_change_metrics_not_training(digits, mode):
+    """eval_mode "train" (batch statistics, dropout on) and "bn-recomputed" give the same training
+    (same train losses, same BatchNorm running statistics) and other validation and test numbers."""
+    plain, aided = (config(patience=0, restore_best=False, eval_mode=m) for m in ("eval", mode))
     model, history, _ = fit(plain, digits, CPU)
     model_t, history_t, _ = fit(aided, digits, CPU)
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in history_t]
     assert [h["val_loss"] for h in history] != [h["val_loss"] for h in history_t]
     bn = next(m for m in model_t.modules() if isinstance(m, torch.nn.BatchNorm2d))
     before = bn.running_mean.clone()
-    evaluate(model_t, digits.test_x, digits.test_y, mode="train")
+    evaluate(model_t, digits.test_x, digits.test_y, mode=mode, train_x=digits.train_x)
     assert torch.equal(bn.running_mean, before)  # evaluated on a copy
     assert train_run(plain, digits, CPU)["test"] != train_run(aided, digits, CPU)["test"]

@@ -44,9 +44,11 @@ class TrainConfig:
     class_weighted: bool = False  # weight the training loss by inverse class frequency
     # Mode of the model when validation and test metrics are computed. "train" (batch statistics in
     # BatchNorm, dropout active) is wrong for measuring a model; it exists to reproduce studies
-    # that evaluated without model.eval().
-    eval_mode: str = field(default="eval", metadata=allowed(lambda v: v in ("eval", "train"),
-                                                            '"eval" or "train" (a reproduction aid)'))
+    # that evaluated without model.eval(). "bn-recomputed" is eval mode after BatchNorm's statistics
+    # are recomputed on the training inputs with dropout off: a diagnosis of dropout's variance shift.
+    eval_mode: str = field(default="eval", metadata=allowed(
+        lambda v: v in ("eval", "train", "bn-recomputed"),
+        '"eval", "train" (a reproduction aid) or "bn-recomputed" (a diagnosis)'))
 
 
 @dataclass(frozen=True)

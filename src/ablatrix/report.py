@@ -29,8 +29,8 @@ from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
 SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, written by `adaptive`
-METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "val_accuracy", "test_accuracy",
-                  "test_loss", "wall_seconds", "status")
+METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "train_accuracy", "val_accuracy",
+                  "test_accuracy", "test_loss", "wall_seconds", "status")
 FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
 
 
@@ -45,19 +45,31 @@ def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     for cell in grid.stored_cells(records):
         record = records.get(cell.run_id)
         done = record is not None and record["status"] == "done"
+        tested = tested_epoch(record) if done else None
         rows.append({
             "run_id": cell.run_id, "variant": cell.variant, "dataset": cell.config.dataset,
             "seed": cell.config.seed, **{k: axis_value(v) for k, v in cell.axes.items()},
             "params": cell.params,
             "epochs_trained": record["epochs_trained"] if done else None,
             "best_epoch": record["best_epoch"] if done else None,
-            "val_accuracy": record["history"][record["best_epoch"] - 1]["val_accuracy"]
-            if done and record["best_epoch"] else None,
+            "train_accuracy": tested["train_accuracy"] if tested else None,
+            "val_accuracy": tested["val_accuracy"] if tested else None,
             "test_accuracy": record["test"]["accuracy"] if done else None,
             "test_loss": record["test"]["loss"] if done else None,
             "wall_seconds": record["wall_seconds"] if record else None,
             "status": record["status"] if record else "pending"})
     return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *METRIC_COLUMNS])
+
+
+def tested_epoch(record: dict[str, Any]) -> dict[str, float] | None:
+    """The history row of the weights that were tested: the best epoch's, or with
+    `restore_best = false` the last one's. Its train accuracy is measured during that epoch
+    (dropout on, weights changing), as training loops usually log it."""
+    if not record["history"]:
+        return None
+    if record["config"]["train"].get("restore_best", True):
+        return record["history"][record["best_epoch"] - 1] if record["best_epoch"] else None
+    return record["history"][-1]
 
 
 def per_class_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

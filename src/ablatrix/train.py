@@ -79,19 +79,47 @@ PLAIN = Execution()
 
 
 def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution = PLAIN,
-             mode: str = "eval") -> tuple[float, float, torch.Tensor]:
+             mode: str = "eval", train_x: torch.Tensor | None = None) -> tuple[float, float, torch.Tensor]:
     """Mean loss, accuracy and predicted labels, in large batches without autograd.
 
     mode "train" evaluates a copy in train mode (batch statistics, dropout on), so the model's own
     BatchNorm running statistics are left as training made them, and draws its dropout masks from
     a forked random state, so training goes on with the masks it would have had.
+    mode "bn-recomputed" evaluates a copy in eval mode whose BatchNorm statistics are recomputed
+    over `train_x` with dropout off (`recompute_batchnorm`).
     """
     if mode == "train":
         cuda = [x.device.index or 0] if x.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):
             return _evaluate(copy.deepcopy(model).train(), x, y, execution)
+    if mode == "bn-recomputed":
+        if train_x is None:
+            raise ValueError('eval mode "bn-recomputed" needs the training inputs')
+        return _evaluate(recompute_batchnorm(model, train_x, execution), x, y, execution)
     model.eval()
     return _evaluate(model, x, y, execution)
+
+
+def recompute_batchnorm(model: nn.Module, x: torch.Tensor, execution: Execution = PLAIN) -> nn.Module:
+    """A copy of `model` in eval mode whose BatchNorm running statistics are recomputed over `x`
+    with dropout off: the average of the batch means and variances of evaluation batches.
+
+    Training gathers them with dropout on; dropout keeps a unit's mean but not its variance, so at
+    evaluation (dropout off) a BatchNorm placed after dropout normalises with statistics its inputs
+    no longer have ("variance shift", Li et al., CVPR 2019). Comparing this mode with "eval" on
+    the same weights measures how much of a model's test error that mismatch causes.
+    """
+    model = copy.deepcopy(model).eval()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # a cumulative average over the batches, not an exponential one
+        norm.train()
+    batch = EVAL_BATCH.get(x.device.type, EVAL_BATCH["cpu"])
+    with torch.no_grad(), execution.autocast(x.device):
+        for start in range(0, len(x), batch):
+            model(execution.layout(x[start:start + batch]))
+    return model.eval()
 
 
 def _evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, execution: Execution
@@ -177,7 +205,8 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
         train_loss = loss_sum.item() / n_used  # host syncs happen here, per epoch, never per step
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution, cfg.eval_mode)
+        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution, cfg.eval_mode,
+                                        data.train_x)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
                "val_loss": val_loss, "val_accuracy": val_acc,
                "seconds": time.perf_counter() - started}
@@ -197,7 +226,8 @@ def train_run(config: RunConfig, data: Splits, device: torch.device, execution: 
               on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
     model, history, best_epoch = fit(config, data, device, execution, on_epoch)
-    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution, config.train.eval_mode)
+    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution, config.train.eval_mode,
+                                         data.train_x)
     return {"params": sum(p.numel() for p in model.parameters()),
             "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),
             "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)}
