@@ -122,3 +122,18 @@ def test_labels_name_only_the_varied_factors_in_short_form(factors, expected):
     """A configuration's label lists the factors passed (those that vary), by their last name."""
     row = {"variant": "wide", "model.dropout": 0.3, "model.batchnorm": True}
     assert figures.config_label(row, factors) == expected
+
+
+def test_saving_a_figure_twice_writes_the_same_bytes(tmp_path, monkeypatch):
+    """A figure saved again, a day later, is byte-identical (no creation date in the PDF), so
+    regenerating a report leaves unchanged figures unchanged in git."""
+    import matplotlib.pyplot as plt
+    paths = []
+    for attempt, epoch in (("first", "1700000000"), ("second", "1700086400")):
+        monkeypatch.setenv("SOURCE_DATE_EPOCH", epoch)  # the clock matplotlib reads, when set
+        fig, ax = plt.subplots()
+        ax.plot([1, 2, 3], [3, 1, 2])
+        paths.append(figures._save(fig, tmp_path / attempt, "curve"))
+    for suffix in ("png", "pdf"):
+        first, second = (p.with_suffix(f".{suffix}").read_bytes() for p in paths)
+        assert first == second and len(first) > 1000

@@ -38,8 +38,9 @@ LABEL_WIDTH = 32  # characters before a label wraps
 
 def _save(fig: plt.Figure, folder: Path, stem: str) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    for suffix in ("png", "pdf"):
-        fig.savefig(folder / f"{stem}.{suffix}", dpi=110, bbox_inches="tight")
+    fig.savefig(folder / f"{stem}.png", dpi=110, bbox_inches="tight")
+    # No creation date: a regenerated report leaves an unchanged figure byte-identical.
+    fig.savefig(folder / f"{stem}.pdf", dpi=110, bbox_inches="tight", metadata={"CreationDate": None})
     plt.close(fig)
     return folder / f"{stem}.png"
 
