@@ -238,15 +238,23 @@ class ResultStore:
 
 @functools.cache
 def _code_revision() -> str:
-    """The git commit ablatrix runs from (with -dirty if edited), else its installed version."""
-    here = Path(__file__).resolve().parent
-    try:
-        rev = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty", "--abbrev=12"],
-                             capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        rev = None
-    if rev is not None and rev.returncode == 0:
-        return f"git:{rev.stdout.strip()}"
+    return code_revision(Path(__file__).resolve().parent)
+
+
+def code_revision(package: Path) -> str:
+    """The git commit the package at `package` runs from, with -dirty if its own files differ from
+    it (results, grids and notes elsewhere in the repository do not count: a run's record has
+    its config), else the installed version."""
+    def git(*args: str) -> subprocess.CompletedProcess | None:
+        try:
+            return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+    head = git("rev-parse", "--short=12", "HEAD")
+    if head is not None and head.returncode == 0:
+        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".")
+        dirty = changes is None or changes.returncode != 0 or bool(changes.stdout.strip())
+        return f"git:{head.stdout.strip()}" + ("-dirty" if dirty else "")
     try:
         return f"ablatrix=={metadata.version('ablatrix')}"
     except metadata.PackageNotFoundError:  # run from a source tree that is neither installed nor git
