@@ -44,7 +44,7 @@ def pack_key(config: RunConfig) -> str | None:
     """Cells with equal keys can train in one pack; None for a cell that never packs.
 
     Only the built-in `convnet` is fused (a registered custom module is trained unpacked), and only
-    with eval-mode evaluation (train-mode evaluation is a reproduction aid for single runs).
+    with eval-mode evaluation (the other modes are a reproduction aid and a diagnosis, for single runs).
     """
     if (config.model.name != "convnet" or config.train.eval_mode != "eval"
             or config.train.optimizer not in PACKED_OPTIMIZERS):
