@@ -49,6 +49,16 @@ def test_report_html_on_a_partial_grid(write_grid, tmp_path, capsys):
     assert "No finished runs yet." in (tmp_path / "tiny" / "REPORT.html").read_text()
 
 
+def test_angle_brackets_in_the_report_read_as_written(write_grid, tmp_path):
+    """`<data>` in the missing-data section and angle brackets in a description are text, not tags."""
+    grid = write_grid(SIX_CONFIGS.replace('name = "tiny"', 'name = "tiny"\ndescription = "a <b>bold</b> claim"')
+                      .replace('datasets = ["digits"]', 'datasets = ["digits", "mnist"]'))
+    write_report([load_grid(grid)], tmp_path, ["md", "html"], data_dir=tmp_path / "nodata")
+    page = (tmp_path / "tiny" / "REPORT.html").read_text(encoding="utf-8")
+    assert "&lt;data&gt;/MNIST/raw" in page and "a &lt;b&gt;bold&lt;/b&gt; claim" in page
+    assert "<b>bold</b>" not in page
+
+
 def column(page, table, name: str) -> list[str]:
     headers = [h.strip() for h in table.locator("thead th").all_inner_texts()]
     index = next(i for i, h in enumerate(headers) if h.startswith(name))

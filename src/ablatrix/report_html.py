@@ -38,6 +38,10 @@ def render_html(report_md: str, folder: Path) -> str:
     first, _, rest = report_md.partition("\n")
     title = first.lstrip("# ").strip()
     converter = markdown.Markdown(extensions=["tables", "toc"], extension_configs={"toc": {"toc_depth": "2-3"}})
+    # The report holds no HTML of its own; text such as `<data>/MNIST/raw` or a grid description
+    # with angle brackets must read as written, not be taken for tags.
+    converter.preprocessors.deregister("html_block")
+    converter.inlinePatterns.deregister("html")
     body = _inline_images(converter.convert(rest), folder)
     template = jinja2.Environment(autoescape=True).from_string(
         files("ablatrix").joinpath("templates", TEMPLATE).read_text(encoding="utf-8"))
