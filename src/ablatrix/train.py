@@ -116,9 +116,10 @@ def recompute_batchnorm(model: nn.Module, x: torch.Tensor, execution: Execution 
         norm.momentum = None  # a cumulative average over the batches, not an exponential one
         norm.train()
     batch = EVAL_BATCH.get(x.device.type, EVAL_BATCH["cpu"])
+    n = usable_samples(len(x), batch)
     with torch.no_grad(), execution.autocast(x.device):
-        for start in range(0, len(x), batch):
-            model(execution.layout(x[start:start + batch]))
+        for start in range(0, n, batch):
+            model(execution.layout(x[start:min(start + batch, n)]))
     return model.eval()
 
 
