@@ -369,6 +369,18 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def training_on(process: subprocess.Popen) -> bool:
+    """Whether a worker of this node runs a task: Ray retitles a busy worker `ray::<function>`
+    (an idle one `ray::IDLE`)."""
+    for pid in descendants(process.pid):
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_unit"):
+                return True
+        except OSError:
+            continue
+    return False
+
+
 def kill_node(process: subprocess.Popen) -> None:
     """SIGKILL a node's processes (raylet, its workers, all below): what a lost machine looks like."""
     for pid in [process.pid, *descendants(process.pid)]:
@@ -460,9 +472,11 @@ def test_losing_a_ray_node_mid_grid_retrains_its_cells_on_the_survivor(write_gri
     store = ResultStore(tmp_path, "cluster")
     driver = run_on(ray_cluster, path, tmp_path)
     deadline = time.monotonic() + 120
-    while not list(store.runs_dir.glob("*.json")):  # the other node is mid-cell by now
+    # Once a cell is done, kill the second node at a moment it is running one (waiting for a
+    # record alone raced: the node could be between tasks, and then nothing needs a retry).
+    while not list(store.runs_dir.glob("*.json")) or not training_on(ray_cluster.nodes[1]):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
-        time.sleep(0.1)
+        time.sleep(0.05)
     kill_node(ray_cluster.nodes[1])
     output = driver.communicate(timeout=300)[0]
     assert driver.returncode == 0, output
