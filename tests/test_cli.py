@@ -136,7 +136,9 @@ def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, t
     runs = tmp_path / "res" / "tiny" / "runs"
     proc = runner(grid, tmp_path / "res")
     deadline = time.monotonic() + 120
-    while not list(runs.glob("*.json")) and time.monotonic() < deadline:
+    # After the first record, and while the next cell's claim is held (between a record and the
+    # next claim no claim exists for a moment, and a kill then would leave none to take over).
+    while not (list(runs.glob("*.json")) and list(runs.glob("*.lock"))) and time.monotonic() < deadline:
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
