@@ -12,7 +12,8 @@ from ablatrix import executors
 from ablatrix.adaptive import plan, run_until_decided
 from ablatrix.cli import main
 from ablatrix.executors import RunOptions, run_grids
-from ablatrix.report import write_report
+from ablatrix.errors import AblatrixError
+from ablatrix.report import new_design, write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 from ablatrix.train import classification_metrics
@@ -36,9 +37,10 @@ TEST_SIZE = 1000
 
 def accuracy_of(config, effect_05: float, noise: float) -> float:
     """Known accuracies: dropout 0.2 costs 20 pp and no BatchNorm 10 pp (both decided at once);
-    dropout 0.5 changes accuracy by `effect_05` pp with seed noise of sd `noise` pp on each run."""
+    dropout 0.5 changes accuracy by `effect_05` pp with seed noise of sd `noise` pp, the same draw
+    with and without BatchNorm (so BatchNorm's pairs stay exact)."""
     dropout, batchnorm = config.model.params["dropout"], config.model.params["batchnorm"]
-    code = int(100 * dropout) + 7 * batchnorm
+    code = int(100 * dropout)
     acc = 80.0 - 20.0 * (dropout == 0.2) - 10.0 * (not batchnorm) + effect_05 * (dropout == 0.5)
     return acc + (np.random.default_rng(1000 * config.seed + code).normal(0, noise) if dropout == 0.5 else 0)
 
@@ -70,7 +72,7 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
     run_grids([grid], tmp_path, OPTIONS)
-    step = plan([grid], tmp_path)
+    step = plan([grid], tmp_path, new_design([grid]))
     assert "model.dropout 0.5 − 0.0 on digits" in step.undecided
     assert "model.dropout 0.2 − 0.0 on digits" not in step.undecided
     assert {(c.axes["model.dropout"], c.axes["model.batchnorm"], c.config.seed) for c in step.cells} == {
@@ -130,17 +132,54 @@ def test_the_budget_stops_seeding(write_grid, tmp_path, stub_trainer):
 
 
 def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid, tmp_path, stub_trainer):
-    """Ctrl-C in the middle of a round; the next call completes that round, then goes on."""
+    """Ctrl-C in the middle of a round; the next call completes that round and goes on to the cells
+    an uninterrupted run trains, each once."""
     calls, settings = stub_trainer
-    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=13)  # the grid's 12, then 1 of the round's 4
+    settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
+    run_until_decided([grid], tmp_path / "twin", OPTIONS)
+    twin = sorted(calls)
+    calls.clear()
+    settings["interrupt_at"] = 13  # the grid's 12, then 1 of the first round's 4
     with pytest.raises(KeyboardInterrupt):
         run_until_decided([grid], tmp_path, OPTIONS)
     assert len(ResultStore(tmp_path, grid.name).records()) == 13
     settings["interrupt_at"] = None
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert outcome.reason == "decided" and len(calls) == 16  # the round completed, nothing twice
-    assert len(calls) == len(set(calls)) == len(ResultStore(tmp_path, grid.name).records())
+    assert outcome.reason == "decided" and len(twin) > 16 and sorted(calls) == twin
+    assert len(ResultStore(tmp_path, grid.name).records()) == len(twin)
+
+
+def test_the_design_is_stored_before_any_seed_is_added_and_a_later_call_keeps_it(write_grid, tmp_path, stub_trainer):
+    """seeding.json names the design (first look 2, max_seeds 6, seed order) once the grid's seeds are
+    trained; the report says `sequential`; a second call with a smaller cap keeps the stored design,
+    and one with a larger cap is refused before anything trains."""
+    calls, settings = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=12)  # stop before the first added seed
+    grid = load_grid(write_grid(GRID))
+    with pytest.raises(KeyboardInterrupt):
+        run_until_decided([grid], tmp_path, OPTIONS)
+    state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
+    assert state["design"] == {"method": state["design"]["method"], "first_look": 2, "max_seeds": 6,
+                               "seed_order": [0, 1, 2, 3, 4, 5]} and "O'Brien–Fleming" in state["design"]["method"]
+    assert "sequential, 5 looks (seed counts 2–6)" in write_report([grid], tmp_path).read_text()
+    settings["interrupt_at"] = None
+    run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 6", "max_seeds = 4")))], tmp_path, OPTIONS)
+    state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
+    assert state["design"]["max_seeds"] == 6 and state["looks"]["model.dropout 0.5 − 0.0 on digits"][0] == 2
+    before = len(calls)
+    with pytest.raises(AblatrixError, match="max_seeds = 6"):
+        run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 6", "max_seeds = 8")))], tmp_path, OPTIONS)
+    assert len(calls) == before
+
+
+def test_a_report_over_a_fixed_seed_list_says_fixed_sample(write_grid, tmp_path, stub_trainer):
+    """Without seeding.json the report's analysis is the fixed-sample one, and says so."""
+    calls, settings = stub_trainer
+    grid = load_grid(write_grid(GRID))
+    run_grids([grid], tmp_path, OPTIONS)
+    report = write_report([grid], tmp_path).read_text()
+    assert "Analysis: fixed sample" in report and "sequential" not in report
 
 
 @pytest.mark.slow

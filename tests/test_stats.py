@@ -8,9 +8,10 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from ablatrix.stats import (adjusted_level, benjamini_hochberg, decide, holm, interaction_deltas, interval,
-                            mark_best, paired_deltas, probability_of_improvement, seeds_needed,
-                            summarize_deltas, t_interval, t_test_p, verdict)
+from ablatrix.stats import (Design, adjusted_level, benjamini_hochberg, decide, holm, interaction_deltas, interval,
+                            mark_best, paired_deltas, probability_of_improvement, seed_summary, seeds_needed,
+                            spent, summarize_deltas, t_interval, t_test_p, verdict,
+                            wilson, z_boundaries)
 
 T_975_DF1, T_975_DF2 = 12.706205, 4.302653  # Student-t 97.5% quantiles from a printed table
 
@@ -45,7 +46,8 @@ def runs(rows):
 
 
 def test_paired_deltas_match_on_every_other_factor():
-    """bn=False − bn=True per (variant, dataset, seed); unpaired runs are left out."""
+    """bn=False − bn=True per (variant, dataset, seed); unpaired runs are left out; the summary
+    averages the pairs of a seed and counts seeds."""
     frame = runs([("v", True, "d", 0, 90.0), ("v", False, "d", 0, 88.0),
                   ("v", True, "d", 1, 92.0), ("v", False, "d", 1, 93.0),
                   ("w", True, "d", 0, 70.0), ("w", False, "d", 0, 70.0),
@@ -54,10 +56,24 @@ def test_paired_deltas_match_on_every_other_factor():
     assert sorted(deltas["delta"]) == [-2.0, 0.0, 1.0]
     assert set(deltas["comparison"]) == {"False − True"}
     (row,) = summarize_deltas(deltas, ["comparison", "dataset"]).to_dict("records")
-    assert (row["n"], row["wins"], row["ties"], row["losses"]) == (3, 1, 1, 1)
-    assert row["mean"] == pytest.approx(-1 / 3)
-    s = math.sqrt(((-2 + 1 / 3) ** 2 + (1 / 3) ** 2 + (1 + 1 / 3) ** 2) / 2)
-    assert row["ci_high"] == pytest.approx(-1 / 3 + T_975_DF2 * s / math.sqrt(3), abs=1e-5)
+    assert (row["n"], row["pairs"], row["wins"], row["ties"], row["losses"]) == (2, 3, 1, 1, 1)
+    assert row["values"] == (-1.0, 1.0)  # seed 0: (-2 + 0) / 2; seed 1: +1
+    assert row["mean"] == pytest.approx(0.0)
+    assert row["ci_high"] == pytest.approx(T_975_DF1 * math.sqrt(2) / math.sqrt(2), abs=1e-5)
+
+
+@pytest.mark.parametrize("copies", [1, 3])
+def test_pairs_that_share_a_seed_are_not_separate_replicates(copies):
+    """Three evaluations of one trained model per seed (identical deltas) give the interval and p
+    of one pair per seed: rows do not shrink it."""
+    rows = [{"comparison": "x", "dataset": "d", "seed": s, "delta": d}
+            for s, d in enumerate([0.5, 1.5, 0.2, 1.1]) for _ in range(copies)]
+    (row,) = summarize_deltas(pd.DataFrame(rows), ["comparison", "dataset"]).to_dict("records")
+    ref = scipy_stats.ttest_1samp([0.5, 1.5, 0.2, 1.1], 0)
+    ci = ref.confidence_interval()
+    assert (row["n"], row["pairs"]) == (4, 4 * copies)
+    assert (row["ci_low"], row["ci_high"], row["p"]) == (pytest.approx(ci.low), pytest.approx(ci.high),
+                                                          pytest.approx(ref.pvalue))
 
 
 def test_paired_deltas_against_the_first_value_for_three_levels():
@@ -81,16 +97,31 @@ def test_t_test_p_without_spread(values, p):
 
 
 def test_probability_of_improvement_by_hand_and_against_scipys_bootstrap():
-    """Wins count 1, ties half: [1, -1, 0, 2, 3] gives 3.5 / 5; the interval is scipy's percentile bootstrap."""
+    """Wins count 1, ties half: [1, -1, 0, 2, 3] gives 3.5 / 5; the interval spans scipy's percentile
+    bootstrap (one pair per seed) and Wilson's interval of 3.5 of 5."""
     d = [1.0, -1.0, 0.0, 2.0, 3.0]
     p, low, high = probability_of_improvement(d)
     assert p == pytest.approx(0.7)
     scores = np.array([1, 0, 0.5, 1, 1])
     ref = scipy_stats.bootstrap((scores,), np.mean, method="percentile", n_resamples=20000,
                                 rng=np.random.default_rng(1)).confidence_interval
-    assert (low, high) == (pytest.approx(ref.low, abs=0.05), pytest.approx(ref.high, abs=0.05))
-    assert probability_of_improvement([1.0, 2.0]) == (1.0, 1.0, 1.0)
+    w_low, w_high = wilson(0.7, 5)
+    assert low == pytest.approx(min(ref.low, w_low), abs=0.05) and high == pytest.approx(max(ref.high, w_high), abs=0.05)
     assert math.isnan(probability_of_improvement([1.0])[1])
+
+
+@pytest.mark.parametrize("share, n, low, high", [(1.0, 3, 0.4385, 1.0), (0.5, 10, 0.2366, 0.7634), (0.0, 2, 0.0, 0.6576)])
+def test_wilson_by_hand(share, n, low, high):
+    """(p + z²/2n ± z sqrt(p(1-p)/n + z²/4n²)) / (1 + z²/n), z = 1.96: all 3 of 3 seeds is [0.44, 1]."""
+    assert wilson(share, n) == (pytest.approx(low, abs=1e-4), pytest.approx(high, abs=1e-4))
+
+
+def test_probability_of_improvement_resamples_seeds_and_says_how_little_three_agreeing_seeds_show():
+    """Three seeds that all win, with four pairs each: not [1.00, 1.00] but Wilson's [0.44, 1.00] for
+    3 observations, not for 12; one seed alone has no interval."""
+    p, low, high = probability_of_improvement([1.0] * 12, [0] * 4 + [1] * 4 + [2] * 4)
+    assert (p, high) == (1.0, 1.0) and low == pytest.approx(wilson(1.0, 3)[0])
+    assert math.isnan(probability_of_improvement([1.0, 2.0], [0, 0])[1])
 
 
 def test_holm_by_hand():
@@ -99,6 +130,16 @@ def test_holm_by_hand():
     assert adjusted[[0, 1, 2, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert math.isnan(adjusted[3])
     assert list(holm([0.5, 0.9])) == [1.0, 1.0]
+
+
+@pytest.mark.parametrize("adjust", [holm, benjamini_hochberg])
+def test_adjusting_within_families_equals_adjusting_each_family_alone(adjust):
+    """Interleaved families give each family's own adjustment, as if it were alone."""
+    p = np.random.default_rng(3).uniform(0, 0.2, 30)
+    families = np.arange(30) % 4
+    together = adjust(p, families)
+    for f in range(4):
+        assert together[families == f] == pytest.approx(adjust(p[families == f]))
 
 
 def test_benjamini_hochberg_by_hand_and_against_scipy():
@@ -129,16 +170,15 @@ def test_verdict(low, high, expected):
     assert verdict(low, high, 0.5) == expected
 
 
-@pytest.mark.parametrize("mean, sd, n, per_seed, expected", [
-    (1.0, 1.0, 2, 1, 7),  # t(5) / sqrt(6) = 1.05 > 1, t(6) / sqrt(7) = 0.925 < 1
-    (0.1, 0.5, 3, 1, 9),  # equivalence: half-width below 0.5 - 0.1 = 0.4 first at 9 pairs
-    (1.0, 1.0, 4, 2, 4),  # two pairs per seed: 6 pairs are not enough, 8 are
-    (0.01, 10.0, 2, 1, math.inf),  # more than the cap
-    (1.0, 1.0, 1, 1, math.nan),  # one pair: no spread to extrapolate from
+@pytest.mark.parametrize("mean, sd, n, expected", [
+    (1.0, 1.0, 2, 7),  # t(5) / sqrt(6) = 1.05 > 1, t(6) / sqrt(7) = 0.925 < 1
+    (0.1, 0.5, 3, 9),  # equivalence: half-width below 0.5 - 0.1 = 0.4 first at 9 seeds
+    (0.01, 10.0, 2, math.inf),  # more than the cap
+    (1.0, 1.0, 1, math.nan),  # one seed: no spread to extrapolate from
 ])
-def test_seeds_needed_known_answers(mean, sd, n, per_seed, expected):
+def test_seeds_needed_known_answers(mean, sd, n, expected):
     """The first seed count whose t half-width drops below |mean| or margin - |mean|."""
-    got = seeds_needed(mean, sd, n, margin=0.5, pairs_per_seed=per_seed)
+    got = seeds_needed(mean, sd, n, margin=0.5)
     assert got == expected or (math.isnan(got) and math.isnan(expected))
 
 
@@ -166,6 +206,89 @@ def test_a_planted_interaction_is_detected_and_none_is_not(strength, detected):
 def test_decide_adjusts_within_each_family():
     """Holm within a dataset: a family of two doubles the smaller p; another dataset is its own family."""
     table = pd.DataFrame({"dataset": ["x", "x", "y"], "p": [0.01, 0.2, 0.01], "mean": [1.0, 1.0, 1.0],
-                          "sd": [1.0, 1.0, 1.0], "n": [10, 10, 10], "seeds": [10, 10, 10]})
+                          "sd": [1.0, 1.0, 1.0], "n": [10, 10, 10]})
     out = decide(table, ["dataset"], "holm")
     assert list(out["p_adjusted"]) == pytest.approx([0.02, 0.2, 0.01])
+
+
+GSDESIGN_LDOF_5 = [4.8769, 3.3569, 2.6803, 2.2898, 2.0310]  # published: 5 equal looks, alpha 0.025 a side
+
+
+def test_obrien_fleming_boundaries_match_the_published_table():
+    """Lan-DeMets O'Brien-Fleming-type spending, 5 equally spaced looks, two-sided 0.05 (gsDesign's sfLDOF)."""
+    assert z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05, points_per_sd=16) == pytest.approx(GSDESIGN_LDOF_5, abs=2e-4)
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01])
+def test_one_look_is_the_z_test_and_two_looks_spend_what_the_function_allows(alpha):
+    """One look at t = 1: z_(1 - alpha/2). Two looks at 0.5 and 1: the first spends spent(0.5), and both
+    together keep 1 - alpha inside (the bivariate normal of Z1, Z2, correlation sqrt(0.5), by scipy)."""
+    assert z_boundaries([1.0], alpha)[0] == pytest.approx(scipy_stats.norm.isf(alpha / 2))
+    c1, c2 = z_boundaries([0.5, 1.0], alpha, points_per_sd=16)
+    assert 2 * scipy_stats.norm.sf(c1) == pytest.approx(spent(0.5, alpha))
+    both = scipy_stats.multivariate_normal([0, 0], [[1, math.sqrt(0.5)], [math.sqrt(0.5), 1]])
+    inside = both.cdf([c1, c2], lower_limit=[-c1, -c2])
+    assert inside == pytest.approx(1 - alpha, abs=2e-4)
+    assert spent(1.0, alpha) == pytest.approx(alpha) and spent(0.1, alpha) < spent(0.3, alpha) < alpha
+
+
+def seeds_on_demand(effect: float, design: Design, trials: int, margin: float, sequential: bool = True,
+                    seed: int = 0) -> dict[str, float]:
+    """Simulate one effect (seed sd 1) seeded on demand: decide at every seed count from the design's
+    first look, stop at the first verdict; the share of trials ending in each verdict."""
+    rng = np.random.default_rng(seed)
+    values = effect + rng.standard_normal((trials, design.max_seeds))
+    final = np.full(trials, "undecided", dtype=object)
+    for n in design.counts:
+        means = pd.DataFrame({"trial": np.repeat(np.arange(trials), n), "seed": np.tile(np.arange(n), trials),
+                              "delta": values[:, :n].ravel()})
+        out = decide(seed_summary(means, ["trial"]), ["trial"], margin=margin,
+                     design=design if sequential else None)
+        open_ = final == "undecided"
+        final[open_] = out["verdict"].to_numpy()[open_]
+    return {v: float(np.mean(final == v)) for v in ("better", "worse", "equivalent", "undecided")}
+
+
+def test_seeds_on_demand_keeps_its_error_rate_where_the_fixed_interval_does_not():
+    """No effect, seeds added one at a time up to 8: the sequential decisions are wrong at most 5% of
+    the time (within 3 Monte-Carlo standard errors); the fixed-sample interval at every look, over 10%."""
+    design, trials = Design(2, 8), 3000
+    se = 3 * math.sqrt(0.05 * 0.95 / trials)
+    sequential = seeds_on_demand(0.0, design, trials, margin=0.5)
+    fixed = seeds_on_demand(0.0, design, trials, margin=0.5, sequential=False)
+    assert sequential["better"] + sequential["worse"] <= 0.05 + se
+    assert fixed["better"] + fixed["worse"] > 0.10
+
+
+def test_stopping_for_equivalence_rarely_misses_an_effect_of_twice_the_margin():
+    """An effect of 2 x margin (margin 1 seed sd) is called `equivalent` at most 5% of the time, while a
+    null effect often is: the equivalence stop works and is controlled."""
+    design, trials = Design(2, 10), 3000
+    assert seeds_on_demand(2.0, design, trials, margin=1.0)["equivalent"] <= 0.05
+    assert seeds_on_demand(0.0, design, trials, margin=1.0)["equivalent"] > 0.3
+
+
+def test_the_repeated_interval_is_the_intersection_of_the_looks_so_verdicts_stay_decided():
+    """Seeds [3, 3.1, 2.9] decide `better`; a fourth, wild seed widens the last look's interval but the
+    intersection keeps excluding 0. Its bounds are each look's t-interval at the design's boundary."""
+    design = Design(2, 6)
+    first = pd.DataFrame({"g": "x", "seed": [0, 1, 2], "delta": [3.0, 3.1, 2.9]})
+    later = pd.DataFrame({"g": "x", "seed": [0, 1, 2, 3], "delta": [3.0, 3.1, 2.9, -9.0]})
+    before, after = (decide(seed_summary(f, ["g"]), ["g"], design=design).iloc[0] for f in (first, later))
+    assert before["verdict"] == after["verdict"] == "better"
+    c = design.boundaries(np.array([0.05]))[0]
+    looks = [[3.0, 3.1], [3.0, 3.1, 2.9]]
+    lows = [np.mean(v) - scipy_stats.t.isf(scipy_stats.norm.sf(c[i]), len(v) - 1) * np.std(v, ddof=1) / math.sqrt(len(v))
+            for i, v in enumerate(looks)]
+    assert before["ci_low_adjusted"] == pytest.approx(max(lows))
+
+
+def test_a_sequential_seeds_estimate_uses_the_later_looks_boundaries():
+    """An undecided effect's seeds estimate under a design is at least the fixed-sample one (its
+    boundaries are wider), and inf where even max_seeds would not decide it."""
+    design = Design(2, 10)
+    summary = pd.DataFrame({"g": ["a", "b"], "seed": 0, "mean": [0.8, 0.01], "sd": [1.0, 10.0], "n": [3, 3],
+                            "values": [(0.8 - 1, 0.8, 0.8 + 1), (0.01 - 10, 0.01, 0.01 + 10)], "p": 0.0})
+    fixed, seq = (decide(summary, ["g"], margin=0.5, design=d)["seeds_needed"] for d in (None, design))
+    assert list(fixed) == [seeds_needed(0.8, 1.0, 3, margin=0.5), math.inf]
+    assert fixed[0] < seq[0] <= 10 and seq[1] == math.inf

@@ -9,18 +9,25 @@ seeds estimate exceeds `max_seeds` was tried and dropped: on the quickstart it g
 that 10 seeds do decide; see benchmarks/README.md.) Added seeds are ordinary
 cells (same run ids, records, claims and resume), so a second call continues from what is stored.
 Interactions and per-class effects are reported, not chased.
+
+Every round is a look at the verdicts, so they come from the sequential analysis
+(`stats.Design`): its design (the first look, `max_seeds`, the seed order) is written to
+seeding.json before the first seed is added, with the seed count of each effect at each look,
+and a later call or `report` continues that design instead of starting a new one.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 from .executors import EXECUTORS, RunOptions, run_grids, with_plugins
-from .report import SEEDING_FILE, axis_value, collect, effect_tables, report_dir, report_settings
+from .errors import AblatrixError
+from .report import SEEDING_FILE, axis_value, collect, design_of, effect_tables, new_design, report_dir, report_settings
 from .spec import Cell, Grid
+from .stats import Design
 from .store import ResultStore, atomic_write_text
 
 Config = tuple  # (grid, variant, axis values..., dataset): a configuration on one dataset
@@ -35,6 +42,7 @@ class Plan:
     capped: tuple[str, ...]  # undecided ones whose configurations have every seed up to max_seeds
     stored: int  # cells with a record, added seeds included
     possible: int  # cells up to max_seeds
+    looks: dict[str, int] = field(default_factory=dict)  # each main effect's seed count at this look
 
 
 @dataclass(frozen=True)
@@ -64,14 +72,15 @@ def _config(values: dict[str, Any] | Cell, axes: Sequence[str]) -> Config:
     return (values["grid"], values["variant"], *(values[a] for a in axes), values["dataset"])
 
 
-def plan(grids: Sequence[Grid], results: Path) -> Plan:
+def plan(grids: Sequence[Grid], results: Path, design: Design) -> Plan:
     """The next round for the stored records of `grids` (nothing if every effect is decided)."""
     res = collect(grids, results, write=False)
     stored = int((res.runs["status"] != "pending").sum())
     possible = sum(len(g.cells) + len(g.extra_cells) for g in grids)
     if res.done.empty:
         return Plan((), (), (), stored, possible)
-    deltas = effect_tables(res, report_settings(grids))["deltas"]
+    deltas = effect_tables(res, report_settings(grids), design)["deltas"]
+    looks = {_effect(row): int(row.n) for row in deltas.itertuples(index=False)}
     axes = list(dict.fromkeys(a for g in grids for a in g.axes))
     cells = {(_config(c, axes), c.config.seed): c for g in grids for c in (*g.cells, *g.extra_cells)}
     seeds = list(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
@@ -81,7 +90,7 @@ def plan(grids: Sequence[Grid], results: Path) -> Plan:
     added: dict[str, tuple[Cell, list[str]]] = {}
     undecided, capped = [], []
     for row in deltas[deltas["verdict"] == "undecided"].itertuples(index=False):
-        effect = f"{row.factor} {row.comparison} on {row.dataset}"
+        effect = _effect(row)
         undecided.append(effect)
         levels = list(dict.fromkeys(res.done[row.factor]))
         level = next(v for v in levels[1:] if f"{v} − {levels[0]}" == row.comparison)
@@ -96,18 +105,38 @@ def plan(grids: Sequence[Grid], results: Path) -> Plan:
                 cell = cells[config, seed]
                 added.setdefault(cell.run_id, (cell, []))[1].append(effect)
     batch = tuple(replace(cell, reason="; ".join(effects)) for cell, effects in added.values())
-    return Plan(batch, tuple(undecided), tuple(capped), stored, possible)
+    return Plan(batch, tuple(undecided), tuple(capped), stored, possible, looks)
+
+
+def _effect(row: Any) -> str:
+    return f"{row.factor} {row.comparison} on {row.dataset}"
 
 
 def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
                       max_cells: int | None = None) -> Outcome:
     """Train the grids, then add seeds round by round where effects are undecided (module doc);
     the outcome is also written to <report folder>/seeding.json for the report to state."""
+    path = report_dir(grids, results) / SEEDING_FILE
+    state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    design = design_of(grids, results) or new_design(grids)
+    wanted = new_design(grids).max_seeds
+    if wanted > design.max_seeds:
+        raise AblatrixError(
+            f"these results were seeded on demand with a sequential design for max_seeds = {design.max_seeds} "
+            f"({path}); its error rate holds only up to that cap, so max_seeds = {wanted} cannot extend it. "
+            "Use a new --results folder to start a new design")
+    looks: dict[str, list[int]] = state.get("looks", {})
+    state = {**state, "design": {"method": design.METHOD, "first_look": design.first_look,
+                                 "max_seeds": design.max_seeds, "seed_order": list(design.order)}, "looks": looks}
+    atomic_write_text(path, json.dumps(state, indent=1) + "\n")  # the design is fixed before any seed is added
     trained = run_grids(grids, results, options).trained
     options = with_plugins(grids, options)
     rounds = 0
     while True:
-        step = plan(grids, results)
+        step = plan(grids, results, design)
+        for effect, n in step.looks.items():
+            if n not in looks.setdefault(effect, []):
+                looks[effect].append(n)
         if not step.cells:
             outcome = Outcome("cap" if step.undecided else "decided", trained, rounds, step)
             break
@@ -121,7 +150,7 @@ def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
         if summary.trained + summary.failed == 0:
             outcome = Outcome("elsewhere", trained, rounds, step)
             break
-    state = {"stopped": outcome.stopped, "reason": outcome.reason, "rounds": rounds,
+    state = {**state, "stopped": outcome.stopped, "reason": outcome.reason, "rounds": rounds,
              "trained_by_this_run": trained, "runs_stored": outcome.plan.stored,
              "runs_possible": outcome.plan.possible,
              "undecided": list(outcome.plan.undecided), "at_seed_cap": list(outcome.plan.capped),

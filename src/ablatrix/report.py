@@ -23,8 +23,8 @@ from .data import DATASETS, data_root
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
 from .spec import Grid, ReportSettings
-from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best,
-                    paired_deltas, summarize, summarize_deltas)
+from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, Design, decide, interaction_deltas,
+                    mark_best, paired_deltas, summarize, summarize_deltas)
 from .store import ResultStore, atomic_write_text
 
 RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
@@ -167,31 +167,35 @@ def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] =
     return frame[keys + [k for k in frame if k not in keys]]
 
 
-def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFrame]:
+def effect_tables(res: Results, settings: ReportSettings, design: Design | None = None) -> dict[str, pd.DataFrame]:
     """Paired effects of every varied factor on accuracy (percentage points), `deltas`, and the
     interaction of every pair of varied factors, `interactions`; each row with its adjusted p-value,
-    adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it."""
+    adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it.
+    With a `design` (records made by seeds on demand) the analysis is the sequential one."""
     level = settings.confidence
+    order = design.order if design else ()
     done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
     overall, interactions = [], []
     factors = varied(res)
     for factor in factors:
         pairs = paired_deltas(done, factor, res.factors, "accuracy")
-        overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level).assign(factor=factor))
+        overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level, order).assign(factor=factor))
     for a, b in itertools.combinations(factors, 2):
         pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
         if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
             continue
         by = ["comparison_a", "level_b", "base_b", "dataset"]
         conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
-        interactions.append(summarize_deltas(pairs, by, level).join(conditional, on=by).assign(factor_a=a, factor_b=b))
+        interactions.append(summarize_deltas(pairs, by, level, order).join(conditional, on=by)
+                            .assign(factor_a=a, factor_b=b))
     main = _frame(overall, EFFECT_KEYS)
     inter = _frame(interactions, INTERACTION_KEYS, [*SUMMARY_COLUMNS, "effect_at_base", "effect_at_level"])
     # One family per dataset: main effects and interactions are adjusted together.
     family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
-                    ["dataset"], MAIN_METHOD, level, settings.margin)
-    main = family.loc[family["kind"] == "main", [*main.columns, *DECISION_COLUMNS]]
-    inter = family.loc[family["kind"] == "interaction", [*inter.columns, *DECISION_COLUMNS]]
+                    ["dataset"], MAIN_METHOD, level, settings.margin, design)
+    family = family.drop(columns="values")  # the seed means the decisions replayed; not a table column
+    main = family.loc[family["kind"] == "main", [*main.columns.drop("values"), *DECISION_COLUMNS]]
+    inter = family.loc[family["kind"] == "interaction", [*inter.columns.drop("values"), *DECISION_COLUMNS]]
     inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
                                                        "equivalent": "negligible", "undecided": "undecided"}))
     detected = inter[inter["verdict"] == "detected"]
@@ -204,15 +208,16 @@ def effect_tables(res: Results, settings: ReportSettings) -> dict[str, pd.DataFr
     return {"deltas": main.reset_index(drop=True), "interactions": inter.reset_index(drop=True)}
 
 
-def class_effect_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
+def class_effect_table(res: Results, settings: ReportSettings, design: Design | None = None) -> pd.DataFrame:
     """The paired effect of every varied factor on each class's accuracy (pp), decided per dataset."""
     classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
     per_class = []
     for factor in varied(res):
         pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
         per_class.append(summarize_deltas(pairs, ["comparison", "dataset", "class_index", "class"],
-                                          settings.confidence).assign(factor=factor))
-    return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin)
+                                          settings.confidence, design.order if design else ()).assign(factor=factor))
+    return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
+                  design).drop(columns="values")
 
 
 def cost_table(res: Results) -> pd.DataFrame:
@@ -301,14 +306,19 @@ def _interval(low: float, high: float, signed: bool = True) -> str:
     return f"[{low:+.2f}, {high:+.2f}]" if signed else f"[{low:.2f}, {high:.2f}]"
 
 
-def _seeds(needed: float, n: int) -> str:
+def _seeds(needed: float, n: int, cap: int) -> str:
     """What an undecided effect still needs, in words a reader can act on."""
     if math.isnan(needed):
-        return "≥ 2 pairs to estimate the spread" if n < 2 else ""
-    return f"> {SEEDS_CAP}" if math.isinf(needed) else f"{needed:.0f}"
+        return "≥ 2 seeds to estimate the spread" if n < 2 else ""
+    return f"> {cap}" if math.isinf(needed) else f"{needed:.0f}"
 
 
-def _deltas_md(deltas: pd.DataFrame, confidence: float) -> pd.DataFrame:
+def _replicates(n: int, pairs: int) -> str:
+    """Seeds, the unit every interval counts, and the pairs averaged within them."""
+    return f"{n} seed{'s' if n != 1 else ''}" + (f", {pairs} pairs" if pairs != n else "")
+
+
+def _deltas_md(deltas: pd.DataFrame, confidence: float, cap: int) -> pd.DataFrame:
     return pd.DataFrame({
         "factor": deltas["factor"], "comparison": deltas["comparison"], "dataset": deltas["dataset"],
         "mean Δ (pp)": [f"{m:+.2f}" for m in deltas["mean"]],
@@ -318,15 +328,15 @@ def _deltas_md(deltas: pd.DataFrame, confidence: float) -> pd.DataFrame:
         "P(improvement)": [f"{p:.2f} {_interval(lo, hi, False)}" if not math.isnan(lo) else f"{p:.2f}"
                            for p, lo, hi in zip(deltas["p_improvement"], deltas["p_improvement_low"],
                                                 deltas["p_improvement_high"])],
-        "pairs": deltas["n"],
+        "seeds (pairs)": [f"{n} ({k})" for n, k in zip(deltas["n"], deltas["pairs"])],
         "wins / ties / losses": [f"{w} / {t} / {lost}" for w, t, lost in
                                  zip(deltas["wins"], deltas["ties"], deltas["losses"])],
         "verdict": deltas["verdict"],
-        "seeds to decide": [_seeds(x, n) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
+        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
         "depends on": deltas["interacts_with"]})
 
 
-def _interactions_md(interactions: pd.DataFrame, confidence: float) -> pd.DataFrame:
+def _interactions_md(interactions: pd.DataFrame, confidence: float, cap: int) -> pd.DataFrame:
     return pd.DataFrame({
         "factor A (change)": interactions["factor_a"] + " " + interactions["comparison_a"],
         "factor B (levels)": interactions["factor_b"] + " " + interactions["base_b"] + " → " + interactions["level_b"],
@@ -337,8 +347,9 @@ def _interactions_md(interactions: pd.DataFrame, confidence: float) -> pd.DataFr
         f"{confidence:.0%} CI, adjusted": [_interval(lo, hi) for lo, hi in
                                           zip(interactions["ci_low_adjusted"], interactions["ci_high_adjusted"])],
         "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in interactions["p_adjusted"]],
-        "pairs": interactions["n"], "verdict": interactions["verdict"],
-        "seeds to decide": [_seeds(x, n) for x, n in zip(interactions["seeds_needed"], interactions["n"])]})
+        "seeds (pairs)": [f"{n} ({k})" for n, k in zip(interactions["n"], interactions["pairs"])],
+        "verdict": interactions["verdict"],
+        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(interactions["seeds_needed"], interactions["n"])]})
 
 
 def _class_deltas_md(class_deltas: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -351,12 +362,12 @@ def _class_deltas_md(class_deltas: pd.DataFrame, dataset: str) -> pd.DataFrame:
     ).reset_index().drop(columns="class_index")
 
 
-def _effect_sentence(row: Any, margin: float) -> str:
+def _effect_sentence(row: Any, margin: float, cap: int) -> str:
     change = f"`{row.factor}` {row.comparison}"
     evidence = (f"{row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
                 f"P(improvement) {row.p_improvement:.2f}"
                 + (f" {_interval(row.p_improvement_low, row.p_improvement_high, False)}"
-                   if not math.isnan(row.p_improvement_low) else "") + f", {row.n} pairs")
+                   if not math.isnan(row.p_improvement_low) else "") + f", {_replicates(row.n, row.pairs)}")
     depends = f"; but it depends on {row.interacts_with} (see Interactions)" if row.interacts_with else ""
     if row.verdict in ("better", "worse"):
         word = "raises" if row.verdict == "better" else "lowers"
@@ -364,10 +375,10 @@ def _effect_sentence(row: Any, margin: float) -> str:
     if row.verdict == "equivalent":
         return f"- {change} makes **no practical difference** (inside ±{margin:g} pp: {evidence}){depends}."
     if row.n < 2:
-        return (f"- {change}: undecided ({row.mean:+.2f} pp from {row.n} pair; run at least 2 seeds to "
-                "estimate its spread).")
-    seeds = _seeds(row.seeds_needed, row.n)
-    more = f"more than {SEEDS_CAP} seeds" if seeds.startswith(">") else f"about {seeds} seeds"
+        return (f"- {change}: undecided ({row.mean:+.2f} pp from {_replicates(row.n, row.pairs)}; run at least "
+                "2 seeds to estimate its spread).")
+    seeds = _seeds(row.seeds_needed, row.n, cap)
+    more = f"more than {cap} seeds" if seeds.startswith(">") else f"about {seeds} seeds"
     return f"- {change}: undecided ({evidence}); {more} would decide it if the spread holds{depends}."
 
 
@@ -375,10 +386,10 @@ def _interaction_sentence(row: Any) -> str:
     return (f"- `{row.factor_a}`'s effect ({row.comparison_a}) **depends on** `{row.factor_b}`: "
             f"{row.effect_at_base:+.2f} pp at {row.base_b}, {row.effect_at_level:+.2f} pp at {row.level_b} "
             f"(difference {row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
-            f"{row.n} pairs).")
+            f"{_replicates(row.n, row.pairs)}).")
 
 
-def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float) -> list[str]:
+def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float, cap: int = SEEDS_CAP) -> list[str]:
     """Findings of one dataset, decided first and largest first, in sentences."""
     deltas = tables["deltas"][tables["deltas"]["dataset"] == dataset]
     deltas = deltas.reindex(deltas["mean"].abs().sort_values(ascending=False).index)
@@ -388,9 +399,9 @@ def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float) -> li
     decided = deltas[deltas["verdict"].isin(["better", "worse", "equivalent"])]
     open_ = deltas[deltas["verdict"] == "undecided"]
     lines = [f"### {dataset}", ""]
-    lines += [_effect_sentence(r, margin) for r in decided.itertuples()] or ["- No effect is decided yet."]
+    lines += [_effect_sentence(r, margin, cap) for r in decided.itertuples()] or ["- No effect is decided yet."]
     lines += [_interaction_sentence(r) for r in interactions.itertuples()]
-    lines += [_effect_sentence(r, margin) for r in open_.itertuples()]
+    lines += [_effect_sentence(r, margin, cap) for r in open_.itertuples()]
     return lines + [""]
 
 
@@ -417,18 +428,48 @@ def report_settings(grids: Sequence[Grid]) -> ReportSettings:
     return settings.pop()
 
 
-def _statistics_line(settings: ReportSettings) -> str:
+def design_of(grids: Sequence[Grid], results: Path) -> Design | None:
+    """The sequential design of the grids' records when `run --until-decided` made them (its
+    seeding.json), else None: a fixed seed list is analysed as a fixed sample."""
+    seeding = report_dir(grids, results) / SEEDING_FILE
+    if not seeding.exists():
+        return None
+    stored = json.loads(seeding.read_text(encoding="utf-8")).get("design")
+    if stored is None:  # written before designs were stored: the one that run followed
+        return new_design(grids)
+    return Design(stored["first_look"], stored["max_seeds"], tuple(stored["seed_order"]))
+
+
+def new_design(grids: Sequence[Grid]) -> Design:
+    """A look at every seed count from the grids' own seeds to their max_seeds, seeds in the order
+    `run --until-decided` adds them."""
+    order = tuple(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
+    return Design(min(len(g.seeds) for g in grids), max(len(g.seeds) + len(g.extra_seeds) for g in grids), order)
+
+
+def _statistics_line(settings: ReportSettings, design: Design | None) -> str:
     level = f"{settings.confidence:.0%}"
+    if design is None:
+        analysis = (f"fixed sample (the grid's seeds): p-values are paired t-tests; an adjusted CI is the t-interval "
+                    f"at the level whose bounds exclude 0 exactly when the adjusted p is below {1 - settings.confidence:g}")
+    else:
+        looks = len(design.counts)
+        analysis = (f"sequential, {looks} look{'s' if looks != 1 else ''} (seed counts {design.counts[0]}–"
+                    f"{design.max_seeds}), method: {design.METHOD}; p-values are repeated p-values, and an adjusted "
+                    f"CI is the intersection of the repeated t-intervals of every look so far, at the level "
+                    f"whose bounds exclude 0 exactly when the adjusted p is below {1 - settings.confidence:g}, so "
+                    "its verdict holds whenever seeding stops")
     return (f"- statistics: mean ± sample std over seeds; {level} CI is the Student-t interval of the mean; "
-            "paired differences match dataset, seed and every other factor. p-values (paired t-tests) are "
+            "paired differences match dataset, seed and every other factor, and are averaged within each seed "
+            f"(the unit of replication) before any test. Analysis: {analysis}. p-values are "
             f"adjusted per dataset: main effects and interactions together by Holm–Bonferroni, per-class "
-            f"effects by Benjamini–Hochberg; an adjusted CI is the t-interval at the level whose bounds "
-            f"exclude 0 exactly when the adjusted p is below {1 - settings.confidence:g}. Verdicts: equivalent "
+            f"effects by Benjamini–Hochberg. Verdicts: equivalent "
             f"when the adjusted CI lies inside ±{settings.margin:g} pp, else better / worse when it excludes 0, "
             "else undecided, with the seeds that would decide it if the observed mean and spread held "
-            f"(capped at {SEEDS_CAP}). P(improvement): share of paired runs the change wins, ties half, with a "
-            f"{level} percentile bootstrap over the pairs ({RESAMPLES:,} resamples). Figure bands and bars are "
-            "± 1 std over seeds, except the interaction figures' (t-intervals).")
+            f"(capped at {design.max_seeds if design else SEEDS_CAP}). P(improvement): share of paired runs the "
+            f"change wins, ties half; its {level} interval spans a percentile bootstrap over seeds "
+            f"({RESAMPLES:,} resamples) and the Wilson interval of one observation per seed. Figure bands and "
+            "bars are ± 1 std over seeds, except the interaction figures' (t-intervals).")
 
 
 def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = ("md",),
@@ -444,11 +485,13 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     counts = res.runs["status"].value_counts()
     paths = " ".join(g.path.as_posix() for g in grids)
     datasets = list(dict.fromkeys(res.runs["dataset"]))
+    design = design_of(grids, results)
+    cap = design.max_seeds if design else SEEDS_CAP
     tables: dict[str, pd.DataFrame] = {}
     if not res.done.empty:
         tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
-                  "cost": cost_table(res), **effect_tables(res, settings),
-                  "per_class_deltas": class_effect_table(res, settings)}
+                  "cost": cost_table(res), **effect_tables(res, settings, design),
+                  "per_class_deltas": class_effect_table(res, settings, design)}
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
@@ -459,15 +502,19 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         lines += ["## Findings", "",
                   "Decided effects first (largest first), then interactions, then what is still open. "
                   "Each effect changes one factor from its first value, everything else equal; the "
-                  "numbers are test accuracy differences in percentage points (pp).", ""]
+                  "numbers are test accuracy differences in percentage points (pp). "
+                  + ("Verdicts come from the sequential analysis of seeds on demand (looks at every seed count "
+                     f"from {design.counts[0]} to {design.max_seeds}): each holds at its error rate however many "
+                     "looks stopped it." if design else
+                     "Verdicts come from the fixed-sample analysis of the grid's seeds."), ""]
         for dataset in datasets:
             if dataset in set(res.done["dataset"]) and len(tables["deltas"]):
-                lines += findings(tables, dataset, settings.margin)
+                lines += findings(tables, dataset, settings.margin, cap)
         if not len(tables["deltas"]):
             lines += ["Nothing varies yet, or no complete pairs.", ""]
     seeding = out / SEEDING_FILE
-    if seeding.exists():
-        state = json.loads(seeding.read_text(encoding="utf-8"))
+    state = json.loads(seeding.read_text(encoding="utf-8")) if seeding.exists() else {}
+    if "stopped" in state:
         lines += [f"Seeds on demand: the last `ablatrix run --until-decided` ({state['at']}) stopped: "
                   f"{state['stopped']}. Runs stored: {state['runs_stored']:,} of {state['runs_possible']:,} "
                   "possible (max_seeds); the accuracy table's `seeds` column shows each configuration's.", ""]
@@ -475,7 +522,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     finished = [r for r in res.records.values() if r["status"] == "done"]  # the numbers' sources
     lines += _provenance(finished) if finished else []
     lines += ["- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
-    lines += [_statistics_line(settings), ""]
+    lines += [_statistics_line(settings, design), ""]
     if missing:
         lines += ["## Data not available here", "",
                   "No run of these datasets was made, because their files are not on this machine. "
@@ -511,7 +558,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               "Each row changes one factor from its first value in the grid, everything else equal, "
               "paired on dataset and seed. `depends on`: a detected interaction (below), so the row's "
               "average over the other factors is not the whole story.", ""]
-    lines += [render(_deltas_md(tables["deltas"], settings.confidence), "md") if len(tables["deltas"])
+    lines += [render(_deltas_md(tables["deltas"], settings.confidence, cap), "md") if len(tables["deltas"])
               else "Nothing varies yet, or no complete pairs.", ""]
     if len(tables["interactions"]):
         lines += ["## Interactions", "",
@@ -519,7 +566,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   "other level minus its effect at B's first level, paired on seed and every other "
                   "factor; `detected` when the adjusted CI excludes 0.", ""]
         lines += [_interaction_sentence(r) for r in detected.itertuples()] or ["No interaction detected."]
-        lines += ["", render(_interactions_md(tables["interactions"], settings.confidence), "md"), ""]
+        lines += ["", render(_interactions_md(tables["interactions"], settings.confidence, cap), "md"), ""]
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue
