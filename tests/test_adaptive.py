@@ -161,7 +161,7 @@ def test_the_design_is_stored_before_any_seed_is_added_and_a_later_call_keeps_it
         run_until_decided([grid], tmp_path, OPTIONS)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
     assert state["design"] == {"method": state["design"]["method"], "first_look": 2, "max_seeds": 6,
-                               "seed_order": [0, 1, 2, 3, 4, 5]} and "O'Brien–Fleming" in state["design"]["method"]
+                               "seed_order": [0, 1, 2, 3, 4, 5]} and "Kim–DeMets" in state["design"]["method"]
     assert "sequential, 5 looks (seed counts 2–6)" in write_report([grid], tmp_path).read_text()
     settings["interrupt_at"] = None
     run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 6", "max_seeds = 4")))], tmp_path, OPTIONS)

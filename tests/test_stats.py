@@ -214,9 +214,16 @@ def test_decide_adjusts_within_each_family():
 GSDESIGN_LDOF_5 = [4.8769, 3.3569, 2.6803, 2.2898, 2.0310]  # published: 5 equal looks, alpha 0.025 a side
 
 
-def test_obrien_fleming_boundaries_match_the_published_table():
-    """Lan-DeMets O'Brien-Fleming-type spending, 5 equally spaced looks, two-sided 0.05 (gsDesign's sfLDOF)."""
-    assert z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05, points_per_sd=16) == pytest.approx(GSDESIGN_LDOF_5, abs=2e-4)
+def obrien_fleming_type(t: float, alpha: float) -> float:
+    """Lan-DeMets O'Brien-Fleming-type spending as gsDesign's sfLDOF: alpha / 2 a side."""
+    return 4 * scipy_stats.norm.sf(scipy_stats.norm.isf(alpha / 4) / math.sqrt(t))
+
+
+def test_the_boundary_recursion_matches_a_published_table():
+    """With Lan-DeMets O'Brien-Fleming-type spending, 5 equally spaced looks, two-sided 0.05, the
+    recursion gives gsDesign's published boundaries."""
+    got = z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05, points_per_sd=16, spending=obrien_fleming_type)
+    assert got == pytest.approx(GSDESIGN_LDOF_5, abs=2e-4)
 
 
 @pytest.mark.parametrize("alpha", [0.05, 0.01])
@@ -229,7 +236,7 @@ def test_one_look_is_the_z_test_and_two_looks_spend_what_the_function_allows(alp
     both = scipy_stats.multivariate_normal([0, 0], [[1, math.sqrt(0.5)], [math.sqrt(0.5), 1]])
     inside = both.cdf([c1, c2], lower_limit=[-c1, -c2])
     assert inside == pytest.approx(1 - alpha, abs=2e-4)
-    assert spent(1.0, alpha) == pytest.approx(alpha) and spent(0.1, alpha) < spent(0.3, alpha) < alpha
+    assert spent(1.0, alpha) == pytest.approx(alpha) and spent(0.5, alpha) == pytest.approx(alpha / 8)
 
 
 def seeds_on_demand(effect: float, design: Design, trials: int, margin: float, sequential: bool = True,
@@ -287,8 +294,8 @@ def test_a_sequential_seeds_estimate_uses_the_later_looks_boundaries():
     """An undecided effect's seeds estimate under a design is at least the fixed-sample one (its
     boundaries are wider), and inf where even max_seeds would not decide it."""
     design = Design(2, 10)
-    summary = pd.DataFrame({"g": ["a", "b"], "seed": 0, "mean": [0.8, 0.01], "sd": [1.0, 10.0], "n": [3, 3],
-                            "values": [(0.8 - 1, 0.8, 0.8 + 1), (0.01 - 10, 0.01, 0.01 + 10)], "p": 0.0})
+    summary = pd.DataFrame({"g": ["a", "b"], "seed": 0, "mean": [1.0, 0.01], "sd": [1.0, 10.0], "n": [3, 3],
+                            "values": [(1.0 - 1, 1.0, 1.0 + 1), (0.01 - 10, 0.01, 0.01 + 10)], "p": 0.0})
     fixed, seq = (decide(summary, ["g"], margin=0.5, design=d)["seeds_needed"] for d in (None, design))
-    assert list(fixed) == [seeds_needed(0.8, 1.0, 3, margin=0.5), math.inf]
+    assert list(fixed) == [seeds_needed(1.0, 1.0, 3, margin=0.5), math.inf]
     assert fixed[0] < seq[0] <= 10 and seq[1] == math.inf
