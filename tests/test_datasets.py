@@ -302,3 +302,31 @@ def test_digits_equal_scikit_learns_load_digits():
     images, labels = _digits_arrays()
     bunch = load_digits()
     assert np.array_equal(images, bunch.images) and np.array_equal(labels, bunch.target)
+
+
+SHARED_MNIST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "mnist"
+MNIST_TRAIN_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # shared/datasets/README.md
+MNIST_TEST_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+@pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason=f"the full MNIST is not at {SHARED_MNIST} on this machine")
+def test_mnist_loader_reads_the_shared_full_mnist_as_given():
+    """The four gzip idx files in ../shared/datasets/mnist (gzip only, no plain copies) load as 60,000
+    training and the official 10,000 test images with MNIST's label counts."""
+    assert sorted(p.name for p in SHARED_MNIST.iterdir()) == sorted(f"{f}.gz" for f in datasets.IDX_FILES)
+    data = datasets.mnist(SHARED_MNIST.parent)
+    assert data.x.shape == (70_000, 1, 28, 28) and data.x.dtype == torch.float32
+    assert float(data.x.min()) == 0.0 and float(data.x.max()) == 1.0
+    assert int((~data.is_test).sum()) == 60_000 and data.is_test[60_000:].all()
+    assert torch.bincount(data.y[~data.is_test], minlength=10).tolist() == MNIST_TRAIN_COUNTS
+    assert torch.bincount(data.y[data.is_test], minlength=10).tolist() == MNIST_TEST_COUNTS
+
+
+def test_list_takes_data_dir_and_says_which_datasets_are_there(write_grid, tmp_path, capsys):
+    """`list --data-dir` names the grid's datasets whose files are missing there, and which are ready."""
+    grid = write_grid('name = "m"\ndatasets = ["mnist", "fashion-mnist"]\nseeds = [0]\n[model]\nconv = [4]\n')
+    make_idx_set(tmp_path / "data" / "mnist")
+    assert main(["list", str(grid), "--results", str(tmp_path / "res"), "--data-dir", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "data ready: mnist" in out and "data missing: fashion-mnist (dataset 'fashion-mnist' not found" in out
+    assert not (tmp_path / "res").exists()

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import pandas as pd
 import torch
 from tabulate import tabulate
 
@@ -14,7 +15,7 @@ from .data import DATASETS, data_root
 from .adaptive import run_until_decided
 from .export import EXPORTERS
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
-from .report import FORMATS, axis_value, write_report
+from .report import FORMATS, axis_value, unavailable_data, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
 
@@ -44,6 +45,11 @@ def cmd_list(args: argparse.Namespace) -> int:
             f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else ""))
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
+        if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
+            missing = unavailable_data([grid], pd.DataFrame({"dataset": []}), data_root(args.data_dir))
+            ready = [d for d in grid.datasets if d not in missing]
+            print("data ready: " + (", ".join(ready) or "none") + "".join(
+                f"\ndata missing: {name} ({message})" for name, message in missing.items()))
     return 0
 
 
@@ -171,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="results folder (default: results)")
         verb.add_argument("--set", action="append", metavar="KEY=VALUE",
                           help="override a grid field, e.g. train.epochs=1 (repeatable)")
+        if name == "list":
+            verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP + "; list then says which "
+                              "datasets' files are there")
         if name == "report":
             verb.add_argument("--format", default="md", metavar="md,tex,csv,html",
                               help="table formats besides REPORT.md's Markdown, and html for one "
