@@ -498,3 +498,54 @@ def test_gpu_out_of_memory_is_a_cell_failure_naming_the_memory(write_grid, tmp_p
     (record,) = ResultStore(tmp_path, grid.name).records().values()
     assert record["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
     assert "--runs-per-gpu" in record["error"] and record["attempts"] == 1
+
+
+class InterruptedRay:
+    """A stand-in for the `ray` module whose task submission is interrupted by Ctrl-C: the moment
+    after the driver claimed a cell and before the task is in flight."""
+
+    def __init__(self) -> None:
+        self.submitted = 0
+
+    def is_initialized(self) -> bool:
+        return True  # a cluster the caller runs: the driver neither starts nor stops it
+
+    def nodes(self) -> list[dict]:
+        return [{"Alive": True, "Resources": {"CPU": 2.0}}]
+
+    def cluster_resources(self) -> dict:
+        return {"CPU": 2.0}
+
+    def remote(self, function):
+        ray = self
+
+        class Task:
+            def options(self, **_):
+                return self
+
+            def remote(self, *_):
+                ray.submitted += 1
+                raise KeyboardInterrupt
+        return Task()
+
+    def cancel(self, ref) -> None:
+        raise AssertionError("nothing was in flight")
+
+
+@pytest.mark.parametrize("other_runner", [False, True])
+def test_ctrl_c_between_a_ray_claim_and_its_submit_leaves_no_claim_of_ours(write_grid, tmp_path, monkeypatch,
+                                                                       other_runner):
+    """Ctrl-C after the driver claimed a cell but before its task was in flight: the claim is released
+    (it was left behind before); a claim another live runner holds on another cell stays."""
+    fake = InterruptedRay()
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    grid = load_grid(write_grid())
+    store = ResultStore(tmp_path, grid.name)
+    if other_runner:
+        theirs = grid.cells[-1].run_id
+        store.runs_dir.mkdir(parents=True)
+        store.lock_path(theirs).write_text(json.dumps({"host": "elsewhere", "pid": 1, "since": time.time()}))
+    with pytest.raises(KeyboardInterrupt):
+        run_grids([grid], tmp_path, RAY)
+    assert fake.submitted == 1
+    assert [p.stem for p in store.runs_dir.glob("*.lock")] == ([theirs] if other_runner else [])

@@ -543,11 +543,13 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                         for cell, store, _ in unit:
                             store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
-        for ref, unit in running.items():
-            if not started:  # a Ray we started goes down whole; a force-cancel that races the
-                ray.cancel(ref)  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
-            for cell, store, _ in unit:
-                store.release(cell.run_id)
+        if not started:  # a Ray we started goes down whole; a force-cancel that races the
+            for ref in running:  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
+                ray.cancel(ref)
+        # Every claim of this driver, not only those of `running`: Ctrl-C can land between a claim
+        # and its submit, or between taking a finished task off `running` and storing its record.
+        for cell, store in todo:
+            store.release_own(cell.run_id)
         if started:
             ray.shutdown()
     return Summary.of(statuses)

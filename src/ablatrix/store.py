@@ -235,6 +235,15 @@ class ResultStore:
     def release(self, run_id: str) -> None:
         self.lock_path(run_id).unlink(missing_ok=True)
 
+    def release_own(self, run_id: str) -> None:
+        """Release the claim on `run_id` if this process holds it; another runner's stays."""
+        try:
+            owner = json.loads(self.lock_path(run_id).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            return
+        if (owner.get("host"), owner.get("pid")) == (socket.gethostname(), os.getpid()):
+            self.release(run_id)
+
 
 @functools.cache
 def _code_revision() -> str:
