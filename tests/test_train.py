@@ -11,8 +11,8 @@ import torch
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
-from ablatrix.train import (TrainingDiverged, classification_metrics, evaluate, fit, recompute_batchnorm,
-                            train_run)
+from ablatrix.train import (OPTIMIZERS, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
+                            recompute_batchnorm, register_optimizer, train_run)
 
 CPU = torch.device("cpu")
 
@@ -167,3 +167,72 @@ def test_other_evaluation_modes_change_metrics_not_training(digits, mode):
     evaluate(model_t, digits.test_x, digits.test_y, mode=mode, train_x=digits.train_x)
     assert torch.equal(bn.running_mean, before)  # evaluated on a copy
     assert train_run(plain, digits, CPU)["test"] != train_run(aided, digits, CPU)["test"]
+
+
+@pytest.mark.parametrize("name, args, lr, cls, expected", [
+    ("RMSprop", {"alpha": 0.9}, 0.01, torch.optim.RMSprop, {"alpha": 0.9, "lr": 0.01}),
+    ("nadam", {}, 0.01, torch.optim.NAdam, {"lr": 0.01}),
+    ("Adadelta", {"rho": 0.8}, 1.0, torch.optim.Adadelta, {"rho": 0.8, "lr": 1.0}),
+    ("adam", {"betas": [0.8, 0.9]}, 0.01, torch.optim.Adam, {"betas": (0.8, 0.9), "lr": 0.01}),
+])
+def test_any_torch_optimizer_by_name_with_its_arguments(digits, name, args, lr, cls, expected):
+    """A torch.optim class by name (any case) gets train.lr and the grid's optimizer_args, and trains."""
+    cfg = config(optimizer=name, optimizer_args=args, lr=lr)
+    optimizer = build_optimizer(torch.nn.Linear(2, 2).parameters(), cfg.train)
+    assert type(optimizer) is cls
+    assert {k: optimizer.defaults[k] for k in expected} == expected
+    assert train_run(cfg, digits, CPU)["test"]["accuracy"] > 0.3
+
+
+def test_a_registered_optimizer_gets_the_grids_arguments(digits):
+    """A plugin's optimiser, registered by name, is built with the train config (and its optimizer_args)."""
+    seen = []
+
+    @register_optimizer("test-sgd-nesterov")
+    def make(parameters, cfg):
+        seen.append(cfg.optimizer_args)
+        return torch.optim.SGD(parameters, lr=cfg.lr, momentum=0.9, nesterov=True, **cfg.optimizer_args)
+    try:
+        result = train_run(config(optimizer="test-sgd-nesterov", optimizer_args={"dampening": 0.0}, lr=0.05), digits, CPU)
+    finally:
+        OPTIMIZERS.pop("test-sgd-nesterov")
+    assert seen == [{"dampening": 0.0}] and result["test"]["accuracy"] > 0.5
+
+
+@pytest.mark.parametrize("schedule, args, warmup, lrs", [
+    ("StepLR", {"step_size": 1, "gamma": 0.5}, 0, [0.01, 0.005, 0.0025, 0.00125]),
+    ("StepLR", {"step_size": 1, "gamma": 0.5}, 2, [0.01 / 3, 0.02 / 3, 0.01, 0.005]),
+    ("none", {}, 1, [0.005, 0.01, 0.01, 0.01]),
+    ("CosineAnnealingLR", {}, 0, [0.01, 0.01 * (1 + 0.5 ** 0.5) / 2, 0.005, 0.01 * (1 - 0.5 ** 0.5) / 2]),
+])
+def test_per_epoch_schedules_and_warm_up_set_each_epochs_rate(digits, schedule, args, warmup, lrs):
+    """The rate each epoch starts with, in the history: StepLR halving, a linear warm-up from lr / 3
+    over 2 epochs then StepLR from lr, warm-up alone, cosine over the grid's epochs (T_max from it)."""
+    result = train_run(config(epochs=4, lr=0.01, schedule=schedule, schedule_args=args, warmup_epochs=warmup),
+                       digits, CPU)
+    assert [row["lr"] for row in result["history"]] == pytest.approx(lrs)
+
+
+def test_one_cycle_steps_per_batch_over_the_grids_steps(digits):
+    """OneCycleLR steps every batch: its total steps come from epochs x batches and its peak is train.lr,
+    so epoch 1 starts at lr / 25 (its div_factor) and the run ends near lr / 1e4."""
+    cfg = config(epochs=3, lr=0.01, batch_size=64, schedule="OneCycleLR")
+    model, history, _ = fit(cfg, digits, CPU)
+    assert history[0]["lr"] == pytest.approx(0.01 / 25)
+    assert max(row["lr"] for row in history) <= 0.01
+    steps = -(-len(digits.train_x) // 64)
+    optimizer = torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=3 * steps)
+    for _ in range(steps):
+        optimizer.step()
+        schedule.step()
+    assert history[1]["lr"] == pytest.approx(schedule.get_last_lr()[0])
+
+
+def test_a_log_softmax_model_output_trains_as_logits_do(digits):
+    """Cross-entropy of log-probabilities equals that of their logits (log_softmax is idempotent), so
+    a model ending in log_softmax, as many published examples do, trains to the same numbers."""
+    logits = torch.randn(8, 10)
+    y = torch.arange(8) % 10
+    assert torch.nn.functional.cross_entropy(logits.log_softmax(1), y) == pytest.approx(
+        float(torch.nn.functional.cross_entropy(logits, y)))

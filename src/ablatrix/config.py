@@ -28,10 +28,13 @@ def allowed(check: Callable[[Any], bool], text: str) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    optimizer: str = "adam"  # a name in train.OPTIMIZERS
+    # A name in train.OPTIMIZERS (adam, adamw, sgd, or one a plugin registered), or any torch.optim
+    # optimiser by its class name (RMSprop, NAdam, Adadelta, ...; case does not matter).
+    optimizer: str = "adam"
     lr: float = field(default=1e-3, metadata=allowed(lambda v: v > 0, "a number > 0"))
     momentum: float = field(default=0.9, metadata=allowed(lambda v: 0 <= v < 1, "a number in [0, 1)"))
     weight_decay: float = field(default=0.0, metadata=allowed(lambda v: v >= 0, "a number >= 0"))
+    optimizer_args: dict = field(default_factory=dict)  # its other keyword arguments (lr is train.lr)
     batch_size: int = field(default=64, metadata=allowed(lambda v: v >= 2, "an integer >= 2"))
     epochs: int = field(default=30, metadata=allowed(lambda v: v >= 1, "an integer >= 1"))
     # Epochs without a new best validation loss before stopping; 0 trains all epochs.
@@ -46,6 +49,12 @@ class TrainConfig:
     # BatchNorm, dropout active) is wrong for measuring a model; it exists to reproduce studies
     # that evaluated without model.eval(). "bn-recomputed" is eval mode after BatchNorm's statistics
     # are recomputed on the training inputs with dropout off: a diagnosis of dropout's variance shift.
+    # A torch.optim.lr_scheduler class by name ("none": a constant rate), its keyword arguments,
+    # and epochs of linear warm-up before it. Per-batch schedulers (OneCycleLR, CyclicLR) step every
+    # batch and get their step counts from the grid.
+    schedule: str = "none"
+    schedule_args: dict = field(default_factory=dict)
+    warmup_epochs: int = field(default=0, metadata=allowed(lambda v: v >= 0, "an integer >= 0"))
     eval_mode: str = field(default="eval", metadata=allowed(
         lambda v: v in ("eval", "train", "bn-recomputed"),
         '"eval", "train" (a reproduction aid) or "bn-recomputed" (a diagnosis)'))

@@ -96,6 +96,8 @@ def to_tensorboard(grids: Sequence[Grid], results: Path, target: str) -> Exporte
                     for key in EPOCH_METRICS:
                         split, metric = key.split("_")
                         writer.add_scalar(f"{metric}/{split}", epoch[key], epoch["epoch"])
+                    if "lr" in epoch:  # runs with a learning-rate schedule
+                        writer.add_scalar("lr", epoch["lr"], epoch["epoch"])
                 # run_name="." puts the HParams session in this run's own folder, beside its curves.
                 hparams = {k: v if isinstance(domains[k][0], type(v)) else str(v) for k, v in _hparams(cell).items()}
                 writer.add_hparams(hparams, {"test/accuracy": record["test"]["accuracy"],
@@ -195,7 +197,7 @@ def to_mlflow(grids: Sequence[Grid], results: Path, target: str) -> Exported:
             stamp, metrics = start or 0, []
             for epoch in record.get("history", []):
                 stamp += int(1000 * epoch.get("seconds", 0))
-                metrics += [Metric(k, epoch[k], stamp, epoch["epoch"]) for k in EPOCH_METRICS if k in epoch]
+                metrics += [Metric(k, epoch[k], stamp, epoch["epoch"]) for k in (*EPOCH_METRICS, "lr") if k in epoch]
             if done:
                 final = {"test_accuracy": record["test"]["accuracy"], "test_loss": record["test"]["loss"],
                          "best_epoch": record["best_epoch"] or 0, "epochs_trained": record["epochs_trained"],

@@ -43,11 +43,13 @@ POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.AdaptiveAvgPool2d)
 def pack_key(config: RunConfig) -> str | None:
     """Cells with equal keys can train in one pack; None for a cell that never packs.
 
-    Only the built-in `convnet` is fused (a registered custom module is trained unpacked), and only
-    with eval-mode evaluation (the other modes are a reproduction aid and a diagnosis, for single runs).
+    Only the built-in `convnet` is fused (a registered custom module is trained unpacked), only
+    with eval-mode evaluation (the other modes are a reproduction aid and a diagnosis, for single runs),
+    and only with the optimisers PackedOptimizer computes, without extra arguments or a schedule.
     """
     if (config.model.name != "convnet" or config.train.eval_mode != "eval"
-            or config.train.optimizer not in PACKED_OPTIMIZERS):
+            or config.train.optimizer not in PACKED_OPTIMIZERS or config.train.optimizer_args
+            or config.train.schedule != "none"):
         return None
     model = {k: v for k, v in config.model.params.items() if k not in MEMBER_MODEL_PARAMS}
     train = {k: v for k, v in asdict(config.train).items() if k not in MEMBER_TRAIN_FIELDS}

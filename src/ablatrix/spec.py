@@ -23,7 +23,7 @@ from .data import AUGMENTATIONS, DATASETS
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
 from .stats import CONFIDENCE, MARGIN
-from .train import OPTIMIZERS, SAMPLERS
+from .train import SAMPLERS, check_training
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -316,8 +316,11 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             for axis, value in combo.items():
                 _set_path(doc_cell, axis, value, context)
             train = build_dataclass(TrainConfig, doc_cell["train"], context, "train.")
-            for key, registry in (("optimizer", OPTIMIZERS), ("augment", AUGMENTATIONS),
-                                  ("sampler", SAMPLERS)):
+            try:
+                check_training(train)
+            except AblatrixError as exc:
+                _fail(context, str(exc))
+            for key, registry in (("augment", AUGMENTATIONS), ("sampler", SAMPLERS)):
                 if getattr(train, key) not in registry:
                     _fail(context, f"train.{key} = {getattr(train, key)!r}; choose from: "
                                    f"{', '.join(sorted(registry))}")

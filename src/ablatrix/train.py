@@ -6,10 +6,11 @@ never waits on the host between steps.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -20,12 +21,115 @@ from .errors import AblatrixError
 from .models import create_model
 from .registry import Registry
 
+# Optimisers by name: the registry's own (a plugin adds one with `register_optimizer`), else any
+# torch.optim class. The three built-in names keep their train fields (and so their run ids).
 OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = \
     Registry("optimizer")
-OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay))
-OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay))
+OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay,
+                                                           **c.optimizer_args))
+OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay,
+                                                             **c.optimizer_args))
 OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
-                                                         weight_decay=c.weight_decay))
+                                                         weight_decay=c.weight_decay, **c.optimizer_args))
+BUILT_IN = {"adam": (torch.optim.Adam, ("lr", "weight_decay")), "adamw": (torch.optim.AdamW, ("lr", "weight_decay")),
+            "sgd": (torch.optim.SGD, ("lr", "momentum", "weight_decay"))}  # class, arguments from train fields
+
+
+def _classes(module: Any, base: type | tuple[type, ...]) -> dict[str, type]:
+    """The public subclasses of `base` in `module`, by lower-case name."""
+    return {name.lower(): cls for name, cls in vars(module).items()
+            if isinstance(cls, type) and issubclass(cls, base) and not name.startswith("_") and cls not in
+            (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)}
+
+
+TORCH_OPTIMIZERS = _classes(torch.optim, torch.optim.Optimizer)
+TORCH_SCHEDULES = _classes(torch.optim.lr_scheduler, (torch.optim.lr_scheduler.LRScheduler,
+                                                      torch.optim.lr_scheduler.ReduceLROnPlateau))
+# Schedules that step every batch, and the arguments the grid sets for them (from epochs and batches).
+PER_BATCH = ("onecyclelr", "cycliclr")
+FROM_GRID = {"onecyclelr": ("total_steps", "epochs", "steps_per_epoch", "max_lr"), "cosineannealinglr": ("T_max",)}
+NOT_SCHEDULES = ("sequentiallr", "chainedscheduler", "lambdalr", "multiplicativelr")  # need functions or schedulers
+
+
+def register_optimizer(name: str) -> Callable:
+    """Register `make(params, train_config) -> torch.optim.Optimizer` under `name` (for the grid's
+    `train.optimizer`); it gets the grid's `train.optimizer_args` in `train_config`."""
+    return OPTIMIZERS.register(name)
+
+
+def _check_args(what: str, cls: type, args: dict[str, Any], taken: Sequence[str]) -> None:
+    """An unknown or grid-set keyword argument of `cls`, or a missing required one, is one line
+    listing the valid ones."""
+    parameters = list(inspect.signature(cls.__init__).parameters.values())[2:]  # self, params/optimizer
+    named = [p for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    missing = [p.name for p in named if p.default is p.empty and p.name not in (*args, *taken)]
+    if missing:
+        raise AblatrixError(f"{what}: {cls.__name__} needs {', '.join(missing)}")
+    if any(p.kind is p.VAR_KEYWORD for p in parameters):
+        return
+    valid = [p.name for p in named if p.name not in taken]
+    for key in args:
+        if key in taken:
+            raise AblatrixError(f"{what}: {key} comes from the grid (train.lr, train.momentum, "
+                                "train.weight_decay, or the epochs and batches)")
+        if key not in valid:
+            raise AblatrixError(f"{what}: {cls.__name__} takes no argument {key!r}; it takes: {', '.join(valid)}")
+
+
+def check_training(cfg: TrainConfig) -> None:
+    """The optimiser and schedule exist and take the arguments given, before anything trains."""
+    name = cfg.optimizer.lower()
+    registered = cfg.optimizer in OPTIMIZERS and cfg.optimizer not in BUILT_IN  # reads optimizer_args itself
+    if cfg.optimizer in BUILT_IN or (name in TORCH_OPTIMIZERS and not registered):
+        cls, taken = BUILT_IN.get(cfg.optimizer) or (TORCH_OPTIMIZERS[name], ("lr", "weight_decay"))
+        _check_args(f"train.optimizer_args of {cfg.optimizer}", cls, cfg.optimizer_args, taken)
+    elif not registered:
+        raise AblatrixError(f"train.optimizer = {cfg.optimizer!r}; choose from: {', '.join(sorted(OPTIMIZERS))}, "
+                            f"or a torch.optim optimiser: {', '.join(sorted(c.__name__ for c in TORCH_OPTIMIZERS.values()))}")
+    schedule = cfg.schedule.lower()
+    if cfg.warmup_epochs >= cfg.epochs:
+        raise AblatrixError(f"train.warmup_epochs = {cfg.warmup_epochs} leaves no epoch of the {cfg.epochs} to train at train.lr")
+    if schedule == "none":
+        if cfg.schedule_args:
+            raise AblatrixError("train.schedule_args needs a train.schedule")
+        return
+    if schedule not in TORCH_SCHEDULES or schedule in NOT_SCHEDULES:
+        raise AblatrixError(f"train.schedule = {cfg.schedule!r}; choose from: none, " + ", ".join(sorted(
+            c.__name__ for n, c in TORCH_SCHEDULES.items() if n not in NOT_SCHEDULES)))
+    _check_args(f"train.schedule_args of {cfg.schedule}", TORCH_SCHEDULES[schedule], cfg.schedule_args,
+                FROM_GRID.get(schedule, ()))
+    if schedule == "reducelronplateau" and cfg.warmup_epochs:
+        raise AblatrixError("train.warmup_epochs cannot precede ReduceLROnPlateau (torch chains it with no other)")
+
+
+def build_optimizer(parameters: Iterable[nn.Parameter], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer in OPTIMIZERS:
+        return OPTIMIZERS.lookup(cfg.optimizer)(parameters, cfg)
+    cls = TORCH_OPTIMIZERS[cfg.optimizer.lower()]
+    accepts = inspect.signature(cls.__init__).parameters
+    decay = {"weight_decay": cfg.weight_decay} if "weight_decay" in accepts else {}
+    return cls(parameters, lr=cfg.lr, **decay, **cfg.optimizer_args)
+
+
+def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> tuple[Any, bool]:
+    """The run's schedule (None for a constant rate) and whether it steps per batch. Warm-up is
+    linear from lr / (warmup + 1) to lr over `warmup_epochs`, then the schedule from its start
+    (with schedule "none", the constant rate)."""
+    schedule = cfg.schedule.lower()
+    if schedule == "none" and not cfg.warmup_epochs:
+        return None, False
+    per_batch = schedule in PER_BATCH
+    steps = steps_per_epoch if per_batch else 1
+    warmup, after = cfg.warmup_epochs * steps, (cfg.epochs - cfg.warmup_epochs) * steps
+    ramp = torch.optim.lr_scheduler.LinearLR(optimizer, 1 / (cfg.warmup_epochs + 1), 1.0, total_iters=warmup)
+    if schedule == "none":
+        return ramp, False
+    grid = {"onecyclelr": {"max_lr": cfg.lr, "total_steps": after},  # its peak is train.lr
+            "cosineannealinglr": {"T_max": after}}.get(schedule, {})
+    main = TORCH_SCHEDULES[schedule](optimizer, **cfg.schedule_args, **grid)
+    if not warmup:
+        return main, per_batch
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_batch
 # Evaluation batch per device type. A GPU wants large batches (fewer launches); on CPU a batch of
 # 2048 has activations of 100+ MB per layer that miss the caches, and evaluating the 1.1M CNN on
 # 1,000 samples took twice as long as in batches of 256.
@@ -176,17 +280,19 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
                          **config.model.params).to(device)
     if execution.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = OPTIMIZERS.lookup(cfg.optimizer)(model.parameters(), cfg)
+    optimizer = build_optimizer(model.parameters(), cfg)
     step_model = torch.compile(model) if execution.compile else model
     scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
     augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
     weight = loss_weight(cfg, data, device)
     n_used = usable_samples(len(data.train_x), cfg.batch_size)
+    schedule, per_batch = build_schedule(optimizer, cfg, math.ceil(n_used / cfg.batch_size))
 
     history: list[dict[str, float]] = []
     best_loss, best_epoch, best_state = math.inf, 0, None
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
+        lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
         model.train()
         order = sample(data.train_y, data.num_classes, batch_order).to(device)
         loss_sum = torch.zeros((), device=device)
@@ -201,6 +307,8 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+            if per_batch:
+                schedule.step()
             loss_sum += loss.detach() * len(idx)
             correct += (logits.argmax(1) == y).sum()
         train_loss = loss_sum.item() / n_used  # host syncs happen here, per epoch, never per step
@@ -210,7 +318,9 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
                                         data.train_x)
         row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
                "val_loss": val_loss, "val_accuracy": val_acc,
-               "seconds": time.perf_counter() - started}
+               "seconds": time.perf_counter() - started, **({"lr": lr} if schedule else {})}
+        if schedule and not per_batch:
+            schedule.step(val_loss) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
         history.append(row)
         on_epoch(row)
         if val_loss < best_loss:
