@@ -549,3 +549,24 @@ def test_ctrl_c_between_a_ray_claim_and_its_submit_leaves_no_claim_of_ours(write
         run_grids([grid], tmp_path, RAY)
     assert fake.submitted == 1
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == ([theirs] if other_runner else [])
+
+
+def test_an_axis_over_schedules_trains_each_and_a_packed_run_trains_them_unpacked(write_grid, tmp_path):
+    """`axes.train.schedule = ["none", "CosineAnnealingLR"]`: the none cells keep the plain grid's ids,
+    the cosine cells get their own and an lr per epoch; with --pack 2 the cosine cells are not fused
+    (members would need their own schedules) and their records equal those of a plain run, while the
+    two seeds of the none cells still share a pack."""
+    text = ('name = "sched"\ndatasets = ["digits"]\nseeds = [0, 1]\n[train]\nepochs = 2\npatience = 0\n'
+            '[model]\nconv = [4]\n')
+    plain = load_grid(write_grid(text))
+    grid = load_grid(write_grid(text + '[axes]\ntrain.schedule = ["none", "CosineAnnealingLR"]\n'))
+    cosine = [c for c in grid.cells if c.axes["train.schedule"] != "none"]
+    assert {c.run_id for c in grid.cells} - {c.run_id for c in cosine} == {c.run_id for c in plain.cells}
+    assert run_grids([grid], tmp_path / "one", OPTIONS).trained == 4
+    assert run_grids([grid], tmp_path / "packed", replace(OPTIONS, pack=2)).trained == 4
+    one, packed = (ResultStore(tmp_path / d, grid.name).records() for d in ("one", "packed"))
+    for cell in cosine:
+        assert "packed" not in packed[cell.run_id]["execution"]
+        assert strip_timing(one[cell.run_id]) == strip_timing(packed[cell.run_id])
+    assert {packed[c.run_id]["execution"]["packed"]["size"] for c in plain.cells} == {2}
+    assert [row["lr"] for row in one[cosine[0].run_id]["history"]] == pytest.approx([1e-3, 5e-4])

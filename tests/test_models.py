@@ -1,6 +1,7 @@
 """The model builder: one declarative spec -> the nn.Module it describes, shapes checked up front."""
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
@@ -171,3 +172,69 @@ def test_unknown_model_lists_choices():
     """An unknown model name lists the registered ones."""
     with pytest.raises(AblatrixError, match="unknown model 'resnet'; choose from: convnet"):
         create_model("resnet", DIGITS, 10)
+
+
+NOTEBOOK_MODELS = '''
+import torch
+from torch import nn
+import torch.nn.functional as F
+from ablatrix import register_model
+
+
+@register_model("notebook-net")
+class NotebookNet(nn.Module):
+    """As a notebook writes it: sizes inside, no constructor arguments, log-probabilities out."""
+    def __init__(self):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(64, 32), nn.Linear(32, 10)
+
+    def forward(self, x):
+        return F.log_softmax(self.fc2(F.relu(self.fc1(x.flatten(1)))), dim=1)
+
+
+@register_model("classes-only")
+def classes_only(num_classes, hidden: int = 16):
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+'''
+THREE_CLASSES = '''
+from torch import nn
+from ablatrix import register_model
+
+
+@register_model("three-classes")
+class ThreeClasses(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(64, 3)
+
+    def forward(self, x):
+        return self.fc(x.flatten(1))
+'''
+
+
+def test_a_no_argument_module_and_a_factory_of_only_num_classes_train_and_report(write_grid, tmp_path):
+    """A notebook's model class with no constructor arguments (log_softmax output) and a factory that
+    asks only for num_classes, train and report as the grid's models."""
+    from ablatrix.cli import main
+    (tmp_path / "notebook.py").write_text(NOTEBOOK_MODELS)
+    grid = write_grid('name = "nb"\nplugins = ["notebook.py"]\ndatasets = ["digits"]\nseeds = [0]\n'
+                      '[train]\nepochs = 3\npatience = 0\n[model]\nname = "notebook-net"\n'
+                      '[variants.small]\nmodel = {name = "classes-only"}\n[axes]\n')
+    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 0
+    assert main(["report", str(grid), "--results", str(tmp_path / "res"), "--format", "csv"]) == 0
+    runs = pd.read_csv(tmp_path / "res" / "nb" / "runs.csv")
+    assert list(runs["variant"]) == ["base", "small"] and (runs["status"] == "done").all()
+    assert list(runs["params"]) == [64 * 32 + 32 + 32 * 10 + 10, 64 * 16 + 16 + 16 * 10 + 10]
+    assert (runs["test_accuracy"] > 0.4).all()  # chance is 0.1
+
+
+def test_a_no_argument_module_with_the_wrong_class_count_is_one_line(write_grid, tmp_path, capsys):
+    """Its output is checked against the dataset as for any model: exit 2, one line, nothing trained."""
+    from ablatrix.cli import main
+    (tmp_path / "three.py").write_text(THREE_CLASSES)
+    grid = write_grid('name = "nb"\nplugins = ["three.py"]\ndatasets = ["digits"]\nseeds = [0]\n'
+                      '[model]\nname = "three-classes"\n')
+    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert "model outputs shape (3,), expected (10,)" in err and err.count("\n") == 1
+    assert not (tmp_path / "res").exists()

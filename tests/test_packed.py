@@ -119,9 +119,14 @@ def test_pack_key(a, b, together):
 @pytest.mark.parametrize("cfg", [
     config(0, eval_mode="train"),  # a reproduction aid for single runs
     RunConfig("digits", 0, ModelConfig("my-module", {}), TrainConfig()),
+    config(0, optimizer="RMSprop"),  # PackedOptimizer computes adam, adamw and sgd only
+    config(0, optimizer_args={"amsgrad": True}),
+    config(0, schedule="CosineAnnealingLR"),  # members would need their own schedules
+    config(0, warmup_epochs=1),
 ])
 def test_cells_that_never_pack(cfg):
-    """Train-mode evaluation and registered custom modules are trained unpacked."""
+    """Train-mode evaluation, registered custom modules, other optimisers or their arguments, and
+    schedules are trained unpacked."""
     assert pack_key(cfg) is None
 
 

@@ -1,8 +1,10 @@
 """Models: a registry of constructors and the declarative `convnet` that covers the studies.
 
-Every constructor is called as `ctor(input_shape, num_classes, **params)`. Its keyword parameters
-and their defaults *are* its schema: the grid loader rejects keys the signature does not name and
-fills in defaults, so the run id of a cell changes exactly when the built model would.
+A constructor (a class or a factory) gets the dataset's `input_shape` (C, H, W) and `num_classes`
+only if its signature has parameters of those names: a researcher's module whose `__init__` takes
+no arguments, its sizes written inside, registers as it is. Its other keyword parameters and their
+defaults *are* its schema: the grid loader rejects keys the signature does not name and fills in
+defaults, so the run id of a cell changes exactly when the built model would.
 """
 from __future__ import annotations
 
@@ -23,17 +25,26 @@ for _name, _cls in {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "elu": nn
     ACTIVATIONS.register(_name)(_cls)
 
 
+SUPPLIED = ("input_shape", "num_classes")  # passed to a constructor whose signature names them
+
+
 def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
-    """Register `ctor(input_shape, num_classes, **params) -> nn.Module` under `name`."""
+    """Register a constructor of an `nn.Module` under `name`: any of `ctor()`,
+    `ctor(num_classes, ...)`, `ctor(input_shape, num_classes, *, field=default, ...)`."""
     return MODELS.register(name)
+
+
+def _fields(ctor: Callable[..., nn.Module]) -> dict[str, inspect.Parameter]:
+    """The constructor's keyword parameters that a grid may set: all but those ablatrix supplies."""
+    return {p.name: p for p in inspect.signature(ctor).parameters.values()
+            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name not in SUPPLIED}
 
 
 def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
     """The model's full keyword parameters: `params` checked against the signature, defaults filled."""
     ctor = MODELS.lookup(name)
     signature = inspect.signature(ctor)
-    accepted = {p.name: p for p in list(signature.parameters.values())[2:]
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    accepted = _fields(ctor)
     takes_any = any(p.kind is p.VAR_KEYWORD for p in signature.parameters.values())
     unknown = sorted(set(params) - set(accepted)) if not takes_any else []
     if unknown:
@@ -49,14 +60,16 @@ def resolve_params(name: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def param_defaults(name: str) -> dict[str, Any]:
     """The default of every keyword parameter of model `name` that has one."""
-    parameters = list(inspect.signature(MODELS.lookup(name)).parameters.values())[2:]
-    return {p.name: p.default for p in parameters
-            if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.default is not p.empty}
+    return {k: p.default for k, p in _fields(MODELS.lookup(name)).items() if p.default is not p.empty}
 
 
 def create_model(name: str, input_shape: Sequence[int], num_classes: int, **params: Any) -> nn.Module:
-    """Build a registered model for inputs of `input_shape` (C, H, W) and `num_classes` outputs."""
-    return MODELS.lookup(name)(tuple(input_shape), num_classes, **resolve_params(name, params))
+    """Build a registered model for inputs of `input_shape` (C, H, W) and `num_classes` outputs
+    (each passed if the constructor asks for it by name)."""
+    ctor = MODELS.lookup(name)
+    named = inspect.signature(ctor).parameters
+    supplied = {k: v for k, v in (("input_shape", tuple(input_shape)), ("num_classes", num_classes)) if k in named}
+    return ctor(**supplied, **resolve_params(name, params))
 
 
 def check_model(model: nn.Module, input_shape: Sequence[int], num_classes: int) -> int:

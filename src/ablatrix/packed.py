@@ -49,7 +49,7 @@ def pack_key(config: RunConfig) -> str | None:
     """
     if (config.model.name != "convnet" or config.train.eval_mode != "eval"
             or config.train.optimizer not in PACKED_OPTIMIZERS or config.train.optimizer_args
-            or config.train.schedule != "none"):
+            or config.train.schedule != "none" or config.train.warmup_epochs):
         return None
     model = {k: v for k, v in config.model.params.items() if k not in MEMBER_MODEL_PARAMS}
     train = {k: v for k, v in asdict(config.train).items() if k not in MEMBER_TRAIN_FIELDS}
