@@ -8,11 +8,13 @@ import dataclasses
 import pytest
 import torch
 
+import ablatrix
+
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
 from ablatrix.train import (OPTIMIZERS, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
-                            recompute_batchnorm, register_optimizer, train_run)
+                            recompute_batchnorm, train_run)
 
 CPU = torch.device("cpu")
 
@@ -188,7 +190,7 @@ def test_a_registered_optimizer_gets_the_grids_arguments(digits):
     """A plugin's optimiser, registered by name, is built with the train config (and its optimizer_args)."""
     seen = []
 
-    @register_optimizer("test-sgd-nesterov")
+    @ablatrix.register_optimizer("test-sgd-nesterov")
     def make(parameters, cfg):
         seen.append(cfg.optimizer_args)
         return torch.optim.SGD(parameters, lr=cfg.lr, momentum=0.9, nesterov=True, **cfg.optimizer_args)
