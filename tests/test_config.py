@@ -32,7 +32,7 @@ def test_defaults_are_pinned():
     assert asdict(TrainConfig()) == {
         "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0, "optimizer_args": {},
         "batch_size": 64, "epochs": 30, "patience": 5, "restore_best": True, "val_fraction": 0.1,
-        "augment": "none", "sampler": "uniform", "class_weighted": False, "schedule": "none",
+        "standardize": True, "augment": "none", "sampler": "uniform", "class_weighted": False, "schedule": "none",
         "schedule_args": {}, "warmup_epochs": 0, "eval_mode": "eval"}
     assert param_defaults("convnet") == {
         "conv": (16, 32), "kernel": 3, "stride": 1, "padding": 1, "batchnorm": True,

@@ -40,3 +40,13 @@ def test_unknown_dataset_lists_choices():
     """Asking for a dataset that is not registered names the registered ones."""
     with pytest.raises(AblatrixError, match="unknown dataset 'mnist-x'; choose from: .*digits"):
         DATASETS.lookup("mnist-x")
+
+
+def test_standardize_false_keeps_the_inputs_as_loaded():
+    """train.standardize = false: the tensors are the loader's own (digits' 0-16 pixel values), the same split."""
+    raw = load_splits("digits", 0.1, torch.device("cpu"), Path("."), standardize=False)
+    scaled = load_splits("digits", 0.1, torch.device("cpu"), Path("."))
+    assert float(raw.train_x.min()) == 0.0 and float(raw.train_x.max()) == 16.0
+    assert torch.equal(raw.test_y, scaled.test_y)
+    mean, std = raw.train_x.mean(dim=(0, 2, 3), keepdim=True), raw.train_x.std(dim=(0, 2, 3), keepdim=True)
+    assert torch.allclose((raw.test_x - mean) / std, scaled.test_x, atol=1e-5)

@@ -42,6 +42,9 @@ class TrainConfig:
     restore_best: bool = True  # end with the weights of the best validation loss
     val_fraction: float = field(default=0.1,
                                 metadata=allowed(lambda v: 0 < v <= 0.5, "a number in (0, 0.5]"))
+    # Inputs standardised per channel with train statistics (false: as the dataset loads them, e.g.
+    # MNIST in [0, 1] as torchvision's ToTensor() gives them, which the studies fed their models).
+    standardize: bool = True
     augment: str = "none"  # a name in data.AUGMENTATIONS, applied per training batch on the device
     sampler: str = "uniform"  # a name in train.SAMPLERS: "balanced" draws classes equally often
     class_weighted: bool = False  # weight the training loss by inverse class frequency

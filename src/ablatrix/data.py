@@ -91,8 +91,10 @@ def stratified_mask(labels: np.ndarray, fraction: float, seed: int = SPLIT_SEED)
 
 
 @functools.lru_cache(maxsize=4)  # consecutive cells of a grid share the tensors on the device
-def load_splits(name: str, val_fraction: float, device: torch.device, root: Path) -> Splits:
-    """Train/val/test for `name`, standardised per channel with statistics of the train part only."""
+def load_splits(name: str, val_fraction: float, device: torch.device, root: Path,
+                standardize: bool = True) -> Splits:
+    """Train/val/test for `name`, standardised per channel with statistics of the train part only
+    (unless the dataset or `standardize` says not to)."""
     info = DATASETS.lookup(name)
     data = info.load(root)
     x, y, is_test = data.x, data.y, data.is_test.numpy()
@@ -100,7 +102,7 @@ def load_splits(name: str, val_fraction: float, device: torch.device, root: Path
     is_val = stratified_mask(y.numpy()[train_idx], val_fraction)
     parts = {"train": train_idx[~is_val], "val": train_idx[is_val], "test": np.flatnonzero(is_test)}
     mean, std = torch.zeros(1), torch.ones(1)
-    if info.standardize:
+    if info.standardize and standardize:
         train_x = x[parts["train"]]
         mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
         std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)

@@ -181,7 +181,7 @@ def run_cell(cell: Cell, options: RunOptions,
     record = _record_head(cell, options, earlier, started, execution)
     try:
         data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
-                           options.data_root)
+                           options.data_root, cell.config.train.standardize)
         record.update(train_run(cell.config, data, options.device, execution, on_epoch), status="done")
     except Exception as exc:  # any failure of one cell is recorded and the grid goes on
         record.update(_failure(exc))
@@ -207,7 +207,7 @@ def run_pack(cells: Sequence[Cell], options: RunOptions,
         record["execution"]["packed"] = {"size": len(cells), "with": [i for i in ids if i != record["run_id"]]}
     try:
         data = load_splits(cells[0].config.dataset, cells[0].config.train.val_fraction, options.device,
-                           options.data_root)
+                           options.data_root, cells[0].config.train.standardize)
         results = train_pack([c.config for c in cells], data, options.device, execution, on_epoch)
         for record, result in zip(records, results):  # a member's failure is its own
             record.update(_failure(result) if isinstance(result, Exception) else {**result, "status": "done"})
