@@ -487,6 +487,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
         except (ConnectionError, ValueError, RuntimeError) as exc:
             raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
     running: dict[Any, Unit] = {}
+    held: set[str] = set()  # cells this call claimed (or was claiming), released in `finally`
     try:
         for resource, need in (("CPU", options.cpus_per_run), ("GPU", options.gpus_per_run)):
             have = _largest_node(ray, resource)
@@ -499,6 +500,13 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
         def submit(unit: Unit) -> None:
             running[task.remote([job[0] for job in unit], options, [job[2] for job in unit])] = unit
 
+        def claim(job: Job) -> bool:
+            held.add(job[0].run_id)  # before the claim: a Ctrl-C inside it still finds the cell here
+            if claim_pending(job[0], job[1], options.retry_failed):
+                return True
+            held.discard(job[0].run_id)
+            return False
+
         resources = ray.cluster_resources()
         slots = min(resources.get("CPU", 0) // options.cpus_per_run,
                     resources.get("GPU", 0) // options.gpus_per_run if options.gpus_per_run else math.inf)
@@ -509,7 +517,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
             while queue or running:
                 while queue and len(running) < in_flight:  # claim cells only when submitting them
                     unit = queue.popleft()
-                    claimed = tuple(job for job in unit if claim_pending(job[0], job[1], options.retry_failed))
+                    claimed = tuple(job for job in unit if claim(job))
                     statuses += ["elsewhere"] * (len(unit) - len(claimed))
                     bar.update(len(unit) - len(claimed))
                     if claimed:
@@ -536,6 +544,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                     for (cell, store, _), record in zip(unit, records):
                         statuses.append(store_record(cell, store, record))
                         store.release(cell.run_id)
+                        held.discard(cell.run_id)
                         bar.update()
                 if time.monotonic() - renewed > HEARTBEAT_SECONDS:
                     renewed = time.monotonic()
@@ -546,10 +555,11 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
         if not started:  # a Ray we started goes down whole; a force-cancel that races the
             for ref in running:  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
                 ray.cancel(ref)
-        # Every claim of this driver, not only those of `running`: Ctrl-C can land between a claim
+        # Every claim of this call, not only those of `running`: Ctrl-C can land between a claim
         # and its submit, or between taking a finished task off `running` and storing its record.
         for cell, store in todo:
-            store.release_own(cell.run_id)
+            if cell.run_id in held:
+                store.release_own(cell.run_id)
         if started:
             ray.shutdown()
     return Summary.of(statuses)
