@@ -220,8 +220,12 @@ def test_a_no_argument_module_and_a_factory_of_only_num_classes_train_and_report
     grid = write_grid('name = "nb"\nplugins = ["notebook.py"]\ndatasets = ["digits"]\nseeds = [0]\n'
                       '[train]\nepochs = 3\npatience = 0\n[model]\nname = "notebook-net"\n'
                       '[variants.small]\nmodel = {name = "classes-only"}\n[axes]\n')
-    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 0
-    assert main(["report", str(grid), "--results", str(tmp_path / "res"), "--format", "csv"]) == 0
+    try:
+        assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 0
+        assert main(["report", str(grid), "--results", str(tmp_path / "res"), "--format", "csv"]) == 0
+    finally:  # other tests list the registered models
+        for name in ("notebook-net", "classes-only"):
+            MODELS.pop(name, None)
     runs = pd.read_csv(tmp_path / "res" / "nb" / "runs.csv")
     assert list(runs["variant"]) == ["base", "small"] and (runs["status"] == "done").all()
     assert list(runs["params"]) == [64 * 32 + 32 + 32 * 10 + 10, 64 * 16 + 16 + 16 * 10 + 10]
@@ -234,7 +238,10 @@ def test_a_no_argument_module_with_the_wrong_class_count_is_one_line(write_grid,
     (tmp_path / "three.py").write_text(THREE_CLASSES)
     grid = write_grid('name = "nb"\nplugins = ["three.py"]\ndatasets = ["digits"]\nseeds = [0]\n'
                       '[model]\nname = "three-classes"\n')
-    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 2
+    try:
+        assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 2
+    finally:
+        MODELS.pop("three-classes", None)
     err = capsys.readouterr().err
     assert "model outputs shape (3,), expected (10,)" in err and err.count("\n") == 1
     assert not (tmp_path / "res").exists()
