@@ -20,7 +20,7 @@ import torch
 from ablatrix.adaptive import run_until_decided
 from ablatrix.data import data_root
 from ablatrix.executors import RunOptions, run_grids
-from ablatrix.report import collect, design_of, effect_tables, report_settings
+from ablatrix.report import collect, design_of, effect_tables, report_settings, seeding_state
 from ablatrix.spec import load_grid
 
 GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"
@@ -29,7 +29,7 @@ GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"
 def verdicts(grid, results: Path) -> dict[str, str]:
     """The report's main-effect verdicts: sequential where seeds were added on demand, else fixed-sample."""
     deltas = effect_tables(collect([grid], results, write=False), report_settings([grid]),
-                           design_of([grid], results))["deltas"]
+                           design_of([grid], seeding_state([grid], results)))["deltas"]
     return {f"{r.factor} {r.comparison}": r.verdict for r in deltas.itertuples()}
 
 

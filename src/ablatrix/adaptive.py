@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 from .executors import EXECUTORS, RunOptions, run_grids, with_plugins
 from .errors import AblatrixError
-from .report import SEEDING_FILE, axis_value, collect, design_of, effect_tables, new_design, report_dir, report_settings
+from .report import (SEEDING_FILE, axis_value, collect, design_of, design_record, effect_tables, new_design,
+                     report_dir, report_settings, seeding_state)
 from .spec import Cell, Grid
 from .stats import Design
 from .store import ResultStore, atomic_write_text
@@ -117,17 +118,16 @@ def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
     """Train the grids, then add seeds round by round where effects are undecided (module doc);
     the outcome is also written to <report folder>/seeding.json for the report to state."""
     path = report_dir(grids, results) / SEEDING_FILE
-    state = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
-    design = design_of(grids, results) or new_design(grids)
-    wanted = new_design(grids).max_seeds
-    if wanted > design.max_seeds:
+    state = seeding_state(grids, results)
+    wanted = new_design(grids)
+    design = design_of(grids, state) or wanted
+    if wanted.max_seeds > design.max_seeds:
         raise AblatrixError(
             f"these results were seeded on demand with a sequential design for max_seeds = {design.max_seeds} "
-            f"({path}); its error rate holds only up to that cap, so max_seeds = {wanted} cannot extend it. "
+            f"({path}); its error rate holds only up to that cap, so max_seeds = {wanted.max_seeds} cannot extend it. "
             "Use a new --results folder to start a new design")
     looks: dict[str, list[int]] = state.get("looks", {})
-    state = {**state, "design": {"method": design.METHOD, "first_look": design.first_look,
-                                 "max_seeds": design.max_seeds, "seed_order": list(design.order)}, "looks": looks}
+    state = {**state, "design": design_record(design), "looks": looks}
     atomic_write_text(path, json.dumps(state, indent=1) + "\n")  # the design is fixed before any seed is added
     trained = run_grids(grids, results, options).trained
     options = with_plugins(grids, options)
@@ -155,5 +155,5 @@ def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
              "runs_possible": outcome.plan.possible,
              "undecided": list(outcome.plan.undecided), "at_seed_cap": list(outcome.plan.capped),
              "at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_text(report_dir(grids, results) / SEEDING_FILE, json.dumps(state, indent=1) + "\n")
+    atomic_write_text(path, json.dumps(state, indent=1) + "\n")
     return outcome

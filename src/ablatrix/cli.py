@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import pandas as pd
 import torch
 from tabulate import tabulate
 
@@ -46,7 +45,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
-            missing = unavailable_data([grid], pd.DataFrame({"dataset": []}), data_root(args.data_dir))
+            missing = unavailable_data([grid], data_root(args.data_dir))
             ready = [d for d in grid.datasets if d not in missing]
             print("data ready: " + (", ".join(ready) or "none") + "".join(
                 f"\ndata missing: {name} ({message})" for name, message in missing.items()))

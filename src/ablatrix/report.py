@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Collection, Sequence
 
 import pandas as pd
 from tabulate import tabulate
@@ -245,11 +245,12 @@ def reference_table(res: Results) -> pd.DataFrame:
                                        "ours − published"])
 
 
-def unavailable_data(grids: Sequence[Grid], done: pd.DataFrame, root: Path) -> dict[str, str]:
-    """Datasets of the grids with no finished run whose files are not there: the loader's message."""
+def unavailable_data(grids: Sequence[Grid], root: Path, skip: Collection[str] = ()) -> dict[str, str]:
+    """Datasets of the grids (but `skip`, e.g. those with finished runs) whose files are not
+    there: the loader's message."""
     missing = {}
     for dataset in dict.fromkeys(d for g in grids for d in g.datasets):
-        if dataset in set(done["dataset"]):
+        if dataset in skip:
             continue
         try:
             DATASETS[dataset].load(root)
@@ -428,16 +429,27 @@ def report_settings(grids: Sequence[Grid]) -> ReportSettings:
     return settings.pop()
 
 
-def design_of(grids: Sequence[Grid], results: Path) -> Design | None:
-    """The sequential design of the grids' records when `run --until-decided` made them (its
-    seeding.json), else None: a fixed seed list is analysed as a fixed sample."""
+def seeding_state(grids: Sequence[Grid], results: Path) -> dict[str, Any]:
+    """What the last `run --until-decided` of these grids wrote to seeding.json ({} if none)."""
     seeding = report_dir(grids, results) / SEEDING_FILE
-    if not seeding.exists():
+    return json.loads(seeding.read_text(encoding="utf-8")) if seeding.exists() else {}
+
+
+def design_of(grids: Sequence[Grid], state: dict[str, Any]) -> Design | None:
+    """The sequential design of the grids' records when `run --until-decided` made them (its
+    seeding.json `state`), else None: a fixed seed list is analysed as a fixed sample."""
+    if not state:
         return None
-    stored = json.loads(seeding.read_text(encoding="utf-8")).get("design")
+    stored = state.get("design")
     if stored is None:  # written before designs were stored: the one that run followed
         return new_design(grids)
     return Design(stored["first_look"], stored["max_seeds"], tuple(stored["seed_order"]))
+
+
+def design_record(design: Design) -> dict[str, Any]:
+    """A design as seeding.json keeps it, for `design_of` to read back."""
+    return {"method": design.METHOD, "first_look": design.first_look, "max_seeds": design.max_seeds,
+            "seed_order": list(design.order)}
 
 
 def new_design(grids: Sequence[Grid]) -> Design:
@@ -481,11 +493,12 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     root = data_root(data_dir)
     # A committed report must not carry this machine's folders: name the data folder by its rule.
     missing = {name: message.replace(str(root), "<data>")
-               for name, message in unavailable_data(grids, res.done, root).items()}
+               for name, message in unavailable_data(grids, root, set(res.done["dataset"])).items()}
     counts = res.runs["status"].value_counts()
     paths = " ".join(g.path.as_posix() for g in grids)
     datasets = list(dict.fromkeys(res.runs["dataset"]))
-    design = design_of(grids, results)
+    state = seeding_state(grids, results)
+    design = design_of(grids, state)
     cap = design.max_seeds if design else SEEDS_CAP
     tables: dict[str, pd.DataFrame] = {}
     if not res.done.empty:
@@ -512,8 +525,6 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                 lines += findings(tables, dataset, settings.margin, cap)
         if not len(tables["deltas"]):
             lines += ["Nothing varies yet, or no complete pairs.", ""]
-    seeding = out / SEEDING_FILE
-    state = json.loads(seeding.read_text(encoding="utf-8")) if seeding.exists() else {}
     if "stopped" in state:
         lines += [f"Seeds on demand: the last `ablatrix run --until-decided` ({state['at']}) stopped: "
                   f"{state['stopped']}. Runs stored: {state['runs_stored']:,} of {state['runs_possible']:,} "

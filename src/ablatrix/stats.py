@@ -200,12 +200,15 @@ def adjusted_level(p: float | np.ndarray, p_adjusted: float | np.ndarray,
     return float(level) if level.ndim == 0 else level
 
 
-def interval(mean: float, sd: float, n: int, level: float) -> tuple[float, float]:
-    """The Student-t interval of a mean from its sample sd and n (NaN for n < 2)."""
-    if n < 2 or math.isnan(sd):
-        return math.nan, math.nan
-    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / math.sqrt(n)
-    return mean - half, mean + half
+def interval(mean: float | np.ndarray, sd: float | np.ndarray, n: int | np.ndarray,
+             level: float | np.ndarray) -> tuple:
+    """The Student-t interval of a mean from its sample sd and n (NaN for n < 2), element-wise."""
+    mean, sd, n, level = (np.asarray(v, dtype=float) for v in (mean, sd, n, level))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * sd / np.sqrt(n)
+    half = np.where((n < 2) | np.isnan(sd), math.nan, half)
+    low, high = mean - half, mean + half
+    return (float(low), float(high)) if low.ndim == 0 else (low, high)
 
 
 def verdict(low: float, high: float, margin: float = MARGIN) -> str:
@@ -248,8 +251,9 @@ def per_seed(deltas: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return deltas.groupby([*by, "seed"], sort=False, observed=True)["delta"].mean().reset_index()
 
 
-def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[int] = ()) -> pd.DataFrame:
-    """Per group of `by` (over `per_seed` rows): mean, sd, t-interval at 95%, t-test p, the number of
+def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[int] = (),
+                 confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Per group of `by` (over `per_seed` rows): mean, sd, t-interval, t-test p, the number of
     seeds `n`, and `values`, the seed means in the order the seeds were added (`order`, then the
     others by number) that a sequential analysis replays look by look."""
     rank = {s: i for i, s in enumerate(order)}
@@ -259,8 +263,7 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     out = grouped.agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
     out["values"] = grouped.agg(tuple).to_numpy()
     out["p"] = [t_test_p(v) for v in out["values"]]
-    bounds = [interval(m, sd, n, CONFIDENCE) for m, sd, n in zip(out["mean"], out["sd"], out["n"])]
-    out["ci_low"], out["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
+    out["ci_low"], out["ci_high"] = interval(out["mean"], out["sd"], out["n"], confidence)
     return out
 
 
@@ -270,10 +273,7 @@ def summarize_deltas(deltas: pd.DataFrame, by: Sequence[str], confidence: float 
     over pairs, wins/ties/losses and P(improvement), whose interval resamples seeds."""
     if deltas.empty:
         return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS])
-    summary = seed_summary(per_seed(deltas, by), by, order)
-    if confidence != CONFIDENCE:
-        bounds = [interval(m, sd, n, confidence) for m, sd, n in zip(summary["mean"], summary["sd"], summary["n"])]
-        summary["ci_low"], summary["ci_high"] = [lo for lo, _ in bounds], [hi for _, hi in bounds]
+    summary = seed_summary(per_seed(deltas, by), by, order, confidence)
 
     def pairs(group: pd.DataFrame) -> pd.Series:
         d = group["delta"].to_numpy(dtype=float)
@@ -478,10 +478,7 @@ def decide(summary: pd.DataFrame, family: Sequence[str], method: str = "holm",
     levels = adjusted_level(p, out["p_adjusted"].to_numpy(dtype=float), confidence)
     mean, sd, n = (out[k].to_numpy(dtype=float) for k in ("mean", "sd", "n"))
     if design is None:
-        with np.errstate(invalid="ignore"):
-            half = scipy_stats.t.ppf(0.5 + levels / 2, n - 1) * sd / np.sqrt(n)
-        half = np.where(n < 2, math.nan, half)
-        out["ci_low_adjusted"], out["ci_high_adjusted"] = mean - half, mean + half
+        out["ci_low_adjusted"], out["ci_high_adjusted"] = interval(mean, sd, n, levels)
         counts = np.arange(2, SEEDS_CAP + 1)
         later = scipy_stats.t.ppf(0.5 + levels[:, None] / 2, counts[None, :] - 1) * sd[:, None] / np.sqrt(counts)
     else:

@@ -25,14 +25,11 @@ from .registry import Registry
 # torch.optim class. The three built-in names keep their train fields (and so their run ids).
 OPTIMIZERS: Registry[Callable[[Iterable[nn.Parameter], TrainConfig], torch.optim.Optimizer]] = \
     Registry("optimizer")
-OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(p, lr=c.lr, weight_decay=c.weight_decay,
-                                                           **c.optimizer_args))
-OPTIMIZERS.register("adamw")(lambda p, c: torch.optim.AdamW(p, lr=c.lr, weight_decay=c.weight_decay,
-                                                             **c.optimizer_args))
-OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(p, lr=c.lr, momentum=c.momentum,
-                                                         weight_decay=c.weight_decay, **c.optimizer_args))
 BUILT_IN = {"adam": (torch.optim.Adam, ("lr", "weight_decay")), "adamw": (torch.optim.AdamW, ("lr", "weight_decay")),
             "sgd": (torch.optim.SGD, ("lr", "momentum", "weight_decay"))}  # class, arguments from train fields
+for _name, (_cls, _fields) in BUILT_IN.items():
+    OPTIMIZERS.register(_name)(lambda p, c, cls=_cls, fields=_fields: cls(
+        p, **{k: getattr(c, k) for k in fields}, **c.optimizer_args))
 
 
 def _classes(module: Any, base: type | tuple[type, ...]) -> dict[str, type]:
@@ -79,13 +76,17 @@ def _check_args(what: str, cls: type, args: dict[str, Any], taken: Sequence[str]
 def check_training(cfg: TrainConfig) -> None:
     """The optimiser and schedule exist and take the arguments given, before anything trains."""
     name = cfg.optimizer.lower()
-    registered = cfg.optimizer in OPTIMIZERS and cfg.optimizer not in BUILT_IN  # reads optimizer_args itself
-    if cfg.optimizer in BUILT_IN or (name in TORCH_OPTIMIZERS and not registered):
-        cls, taken = BUILT_IN.get(cfg.optimizer) or (TORCH_OPTIMIZERS[name], ("lr", "weight_decay"))
-        _check_args(f"train.optimizer_args of {cfg.optimizer}", cls, cfg.optimizer_args, taken)
-    elif not registered:
+    if cfg.optimizer in BUILT_IN:
+        cls, taken = BUILT_IN[cfg.optimizer]
+    elif cfg.optimizer in OPTIMIZERS:
+        cls, taken = None, ()  # a plugin's own optimiser reads optimizer_args itself
+    elif name in TORCH_OPTIMIZERS:
+        cls, taken = TORCH_OPTIMIZERS[name], ("lr", "weight_decay")
+    else:
         raise AblatrixError(f"train.optimizer = {cfg.optimizer!r}; choose from: {', '.join(sorted(OPTIMIZERS))}, "
                             f"or a torch.optim optimiser: {', '.join(sorted(c.__name__ for c in TORCH_OPTIMIZERS.values()))}")
+    if cls is not None:
+        _check_args(f"train.optimizer_args of {cfg.optimizer}", cls, cfg.optimizer_args, taken)
     schedule = cfg.schedule.lower()
     if cfg.warmup_epochs >= cfg.epochs:
         raise AblatrixError(f"train.warmup_epochs = {cfg.warmup_epochs} leaves no epoch of the {cfg.epochs} to train at train.lr")
@@ -130,6 +131,8 @@ def build_schedule(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per
     if not warmup:
         return main, per_batch
     return torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup]), per_batch
+
+
 # Evaluation batch per device type. A GPU wants large batches (fewer launches); on CPU a batch of
 # 2048 has activations of 100+ MB per layer that miss the caches, and evaluating the 1.1M CNN on
 # 1,000 samples took twice as long as in batches of 256.
