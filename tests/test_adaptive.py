@@ -50,18 +50,19 @@ def stub_trainer(monkeypatch):
     """Replace training with known accuracies (a test double); `calls` lists the run ids trained."""
     calls, settings = [], {"effect_05": 0.0, "noise": 1.0, "interrupt_at": None}
 
-    def train(config, data, device, execution, on_epoch):
+    def train(configs, data, device, execution, on_epoch):
+        (config,) = configs  # no grid here shares a training between cells
         if len(calls) == settings["interrupt_at"]:
             raise KeyboardInterrupt
         calls.append(config.run_id)
         correct = round(TEST_SIZE * accuracy_of(config, settings["effect_05"], settings["noise"]) / 100)
         y = torch.arange(TEST_SIZE) % 10
         pred = torch.where(torch.arange(TEST_SIZE) < correct, y, (y + 1) % 10)
-        return {"params": 1, "history": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
-                                          "val_accuracy": 0.5, "seconds": 0.0}],
-                "best_epoch": 1, "epochs_trained": 1,
-                "test": classification_metrics(1.0, correct / TEST_SIZE, pred, y, 10)}
-    monkeypatch.setattr(executors, "train_run", train)
+        return [{"params": 1, "history": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
+                                           "val_accuracy": 0.5, "seconds": 0.0}],
+                 "best_epoch": 1, "epochs_trained": 1, "tested": {"weights": "final", "epoch": 1, "eval_mode": "eval"},
+                 "test": classification_metrics(1.0, correct / TEST_SIZE, pred, y, 10)}], {"final": {}}
+    monkeypatch.setattr(executors, "train_cells", train)
     return calls, settings
 
 

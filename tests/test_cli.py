@@ -185,3 +185,12 @@ def test_an_unwritable_results_folder_stops_run_before_training(write_grid, tmp_
     assert main(["run", str(write_grid()), "--results", str(tmp_path / "file" / "results")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("ablatrix: error: results folder") and "cannot be written" in err and err.count("\n") == 1
+
+
+def test_list_and_run_count_the_distinct_trainings(write_grid, tmp_path, capsys):
+    """Eval modes on the same weights: list says 8 cells are 4 trainings, run says it trained 4."""
+    grid = write_grid(TINY_GRID + 'train.eval_mode = ["eval", "train"]\n')
+    assert main(["list", str(grid), "--results", str(tmp_path)]) == 0
+    assert "tiny (" in (out := capsys.readouterr().out) and ": 8 cells; 4 trainings" in out
+    assert main(["run", str(grid), "--results", str(tmp_path)]) == 0
+    assert "trained 8, failed 0, already done 0, by another runner 0; 4 distinct trainings" in capsys.readouterr().out

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
+import pytest
 from torch import nn
 
 from ablatrix.config import TrainConfig, run_id_of
@@ -71,3 +72,29 @@ def test_a_new_model_parameter_at_its_default_keeps_run_ids(write_grid):
         assert register(True) != [c.run_id for c in load_grid(write_grid(text), ["model.depth=2"]).cells]
     finally:
         MODELS.pop("grown", None)
+
+
+@pytest.mark.parametrize("train, shared", [
+    ({"patience": 0}, True),  # nothing reads validation: eval mode and restore_best only measure
+    ({"patience": 3}, False),  # early stopping reads the eval mode's validation loss
+    ({"patience": 0, "schedule": "ReduceLROnPlateau"}, False),  # so does this schedule
+])
+def test_cells_that_differ_only_in_measurement_share_a_training_id(train, shared):
+    """training_id ignores restore_best always and eval_mode where training never reads validation;
+    any training field, the seed or the model still separates trainings, and run ids stay apart."""
+    config = load_grid("ablations/quickstart.toml").cells[0].config
+    base = replace(config, train=replace(config.train, **train))
+    other_weights = replace(base, train=replace(base.train, restore_best=False))
+    other_mode = replace(base, train=replace(base.train, eval_mode="train"))
+    assert other_weights.training_id == base.training_id != replace(base, seed=1).training_id
+    assert (other_mode.training_id == base.training_id) is shared
+    assert base.training_id != replace(base, train=replace(base.train, lr=0.5)).training_id
+    assert len({base.run_id, other_weights.run_id, other_mode.run_id}) == 3
+
+
+def test_small_cnn_needs_four_trainings_per_seed_and_dataset():
+    """The small-CNN grid's 11 cells per seed and dataset (4 models x 3 eval modes, one excluded)
+    are 4 trainings."""
+    grid = load_grid("ablations/small-cnn.toml", ["datasets=['mnist']"])
+    per_seed = [c for c in grid.cells if c.config.seed == 0]
+    assert (len(per_seed), len({c.config.training_id for c in per_seed})) == (11, 4)

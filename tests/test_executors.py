@@ -15,28 +15,33 @@ from pathlib import Path
 import pytest
 import torch
 
+import ablatrix
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
 from ablatrix.executors import RunOptions, available_cores, pending, resolve_device, run_grids
 from ablatrix.report import write_report
+from ablatrix.data import load_splits
 from ablatrix.spec import load_grid
+from ablatrix.train import evaluate
 from ablatrix.store import ResultStore
+from conftest import TINY_GRID
 
 OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 
 
 @pytest.fixture
 def counting_train(monkeypatch):
-    """Wrap train_run to count calls; `fail_on` maps a call number to the exception it raises."""
+    """Wrap train_cells to count trainings (by the run id of their first cell); `fail_on` maps a call
+    number to the exception it raises."""
     calls, fail_on = [], {}
-    real = executors.train_run
+    real = executors.train_cells
 
-    def train(config, *args):
-        calls.append(config.run_id)
+    def train(configs, *args):
+        calls.append(configs[0].run_id)
         if len(calls) in fail_on:
             raise fail_on[len(calls)]
-        return real(config, *args)
-    monkeypatch.setattr(executors, "train_run", train)
+        return real(configs, *args)
+    monkeypatch.setattr(executors, "train_cells", train)
     return calls, fail_on
 
 
@@ -570,3 +575,86 @@ def test_an_axis_over_schedules_trains_each_and_a_packed_run_trains_them_unpacke
         assert strip_timing(one[cell.run_id]) == strip_timing(packed[cell.run_id])
     assert {packed[c.run_id]["execution"]["packed"]["size"] for c in plain.cells} == {2}
     assert [row["lr"] for row in one[cosine[0].run_id]["history"]] == pytest.approx([1e-3, 5e-4])
+
+
+MEASURED = TINY_GRID + 'train.eval_mode = ["eval", "train"]\ntrain.restore_best = [true, false]\n'
+
+
+@pytest.mark.parametrize("options", [OPTIONS, replace(OPTIONS, workers=2), replace(OPTIONS, pack=2), RAY],
+                         ids=["sequential", "workers", "pack", "ray"])
+def test_cells_measured_differently_train_once_and_match_their_own_trainings(write_grid, tmp_path, options):
+    """Cells that differ only in eval mode and restore_best are one training (4 cells each), with any
+    executor: each record equals that of the cell trained alone, names its training, the weights it
+    tested are stored, and load_model gives a model that scores what the record says."""
+    grid = load_grid(write_grid(MEASURED), ["seeds=[0]"])
+    summary = run_grids([grid], tmp_path, options)
+    assert (summary.trained, summary.trainings) == (8, 2)
+    store = ResultStore(tmp_path, grid.name)
+    records = store.records()
+    digits = load_splits("digits", 0.1, torch.device("cpu"), OPTIONS.data_root)
+    threads = torch.get_num_threads()
+    for cell in grid.cells:
+        record = records[cell.run_id]
+        torch.set_num_threads(record["torch_threads"])  # the same arithmetic in the same order
+        try:
+            (alone,) = executors.run_training([cell], OPTIONS)
+        finally:
+            torch.set_num_threads(threads)
+        assert strip_timing(record) == strip_timing(alone)
+        assert record["training"]["id"] == cell.config.training_id
+        assert sorted(record["training"]["cells"]) == sorted(
+            c.run_id for c in grid.cells if c.config.training_id == cell.config.training_id)
+        assert record["tested"]["weights"] in store.get_weights(cell.config.training_id)
+        if cell.config.train.eval_mode == "eval":
+            model = ablatrix.load_model(tmp_path, grid.name, cell.run_id)
+            assert evaluate(model, digits.test_x, digits.test_y)[1] == record["test"]["accuracy"]
+    assert run_grids([grid], tmp_path, options).trained == 0
+
+
+def test_ctrl_c_in_a_shared_training_keeps_the_finished_trainings(write_grid, tmp_path, counting_train):
+    """Ctrl-C in the second of four trainings: the first one's four cells are stored, the next run trains
+    the other three trainings (12 cells) and nothing else."""
+    calls, fail_on = counting_train
+    grid = load_grid(write_grid(MEASURED))
+    fail_on[2] = KeyboardInterrupt()
+    with pytest.raises(KeyboardInterrupt):
+        run_grids([grid], tmp_path, OPTIONS)
+    store = ResultStore(tmp_path, grid.name)
+    first = store.records()
+    assert len(first) == 4 and len({r["training"]["id"] for r in first.values()}) == 1
+    assert not list(store.runs_dir.glob("*.lock"))
+    fail_on.clear()
+    summary = run_grids([grid], tmp_path, OPTIONS)
+    assert (summary.trained, summary.trainings, summary.skipped, len(calls)) == (12, 3, 4, 5)
+    assert all(store.get(k) == v for k, v in first.items())
+
+
+def test_an_evaluation_added_later_trains_only_its_cells(write_grid, tmp_path, counting_train):
+    """Adding bn-recomputed to the eval modes leaves the stored cells as they are and trains the new
+    cells, one training per configuration and seed."""
+    calls, _ = counting_train
+    text = TINY_GRID + 'train.eval_mode = ["eval", "train"]\n'
+    grid = load_grid(write_grid(text))
+    run_grids([grid], tmp_path, OPTIONS)
+    before = ResultStore(tmp_path, grid.name).records()
+    wider = load_grid(write_grid(text.replace('"train"]', '"train", "bn-recomputed"]')))
+    summary = run_grids([wider], tmp_path, OPTIONS)
+    assert (summary.trained, summary.trainings, summary.skipped, len(calls)) == (4, 4, 8, 8)
+    after = ResultStore(tmp_path, grid.name).records()
+    assert all(after[k] == v for k, v in before.items())
+
+
+def test_local_workers_live_across_runs_of_one_executor(write_grid, tmp_path):
+    """Two runs through one executor (the rounds of --until-decided) use the same worker processes,
+    which exit when it closes."""
+    grid = load_grid(write_grid())
+    todo = pending([grid], tmp_path)
+    with executors.executor_for([grid], replace(OPTIONS, workers=2)) as executor:
+        assert executor.run(todo[:2]).trained == 2
+        pids = [slot.process.pid for slot in executor.slots]
+        assert executor.run(todo[2:]).trained == 2
+        assert [slot.process.pid for slot in executor.slots] == pids and len(pids) == 2
+        processes = [slot.process for slot in executor.slots]
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == 0

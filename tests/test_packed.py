@@ -86,7 +86,7 @@ def test_with_dropout_members_match_plain_runs_in_distribution(digits):
     model = {"dropout": 0.3, "fc_dropout": 0.3}
     configs = [config(seed, model, epochs=4) for seed in range(8)]
     plain = [100 * train_run(c, digits, CPU)["test"]["accuracy"] for c in configs]
-    packed = [100 * r["test"]["accuracy"] for r in train_pack(configs, digits, CPU)]
+    packed = [100 * r["test"]["accuracy"] for r, _ in train_pack(configs, digits, CPU)]
     mean, sem = sum(plain) / len(plain), stats.sem(plain)
     half = stats.t.ppf(0.975, len(plain) - 1) * sem
     assert abs(sum(packed) / len(packed) - mean) <= half, (plain, packed)
@@ -96,7 +96,7 @@ def test_cuda_code_paths_run_on_cpu(digits):
     """bf16 autocast and channels_last, the CUDA defaults, run through a pack on CPU and give finite results."""
     configs = [config(seed, {"dropout": 0.2, "dropout_kind": "dropout2d"}, epochs=2) for seed in (0, 1)]
     results = train_pack(configs, digits, CPU, Execution(amp="bf16", channels_last=True))
-    for result in results:
+    for result, _ in results:
         assert all(math.isfinite(r["train_loss"]) for r in result["history"])
         assert result["test"]["accuracy"] > 0.3  # ten classes: far above chance after two epochs
 

@@ -1,9 +1,9 @@
 """The trainer: determinism, early stopping with best-weights restore, metrics, divergence."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,7 +14,7 @@ from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
 from ablatrix.train import (OPTIMIZERS, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
-                            recompute_batchnorm, train_run)
+                            recompute_batchnorm, train_cells, train_run)
 
 CPU = torch.device("cpu")
 
@@ -238,3 +238,35 @@ def test_a_log_softmax_model_output_trains_as_logits_do(digits):
     y = torch.arange(8) % 10
     assert torch.nn.functional.cross_entropy(logits.log_softmax(1), y) == pytest.approx(
         float(torch.nn.functional.cross_entropy(logits, y)))
+
+
+def _without_seconds(result: dict) -> dict:
+    return {**result, "history": [{k: v for k, v in row.items() if k != "seconds"} for row in result["history"]]}
+
+
+@pytest.mark.parametrize("patience, epochs, measurements", [
+    (0, 4, [("eval", False), ("train", False), ("bn-recomputed", False), ("eval", True), ("train", True)]),
+    (2, 60, [("eval", True), ("eval", False)]),  # early stopping reads eval mode: only which weights differ
+])
+def test_one_training_measured_several_ways_equals_separate_trainings(digits, patience, epochs, measurements):
+    """train_cells trains once for cells that differ only in eval mode and restore_best, and each
+    result (history, best epoch, test metrics) equals that cell's own training bit for bit on CPU."""
+    params = resolve_params("convnet", {"conv": [4], "fc": [16], "dropout": 0.3})
+    configs = [RunConfig("digits", 0, ModelConfig("convnet", params),
+                         TrainConfig(epochs=epochs, lr=0.05, patience=patience, eval_mode=mode, restore_best=restore))
+               for mode, restore in measurements]
+    assert len({c.training_id for c in configs}) == 1
+    shared, weights = train_cells(configs, digits, CPU)
+    for config, result in zip(configs, shared):
+        alone, _ = train_cells([config], digits, CPU)
+        assert _without_seconds(result) == _without_seconds(alone[0])
+        assert result["tested"]["weights"] in weights
+        assert result["tested"]["weights"] == ("final" if not config.train.restore_best
+                                               else f"best-{config.train.eval_mode}")
+    assert len({json.dumps(r["test"]) for r in shared}) > 1  # the measurements do differ
+
+
+def test_cells_of_different_trainings_are_refused_by_train_cells(digits):
+    """A seed (or any training field) apart: not one training."""
+    with pytest.raises(ValueError, match="one training"):
+        train_cells([config(0, patience=0), config(1, patience=0)], digits, CPU)

@@ -23,7 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .executors import EXECUTORS, RunOptions, run_grids, with_plugins
+from .executors import RunOptions, executor_for, run_grids
 from .errors import AblatrixError
 from .report import (SEEDING_FILE, axis_value, collect, design_of, design_record, effect_tables, new_design,
                      report_dir, report_settings, seeding_state)
@@ -129,27 +129,26 @@ def run_until_decided(grids: Sequence[Grid], results: Path, options: RunOptions,
     looks: dict[str, list[int]] = state.get("looks", {})
     state = {**state, "design": design_record(design), "looks": looks}
     atomic_write_text(path, json.dumps(state, indent=1) + "\n")  # the design is fixed before any seed is added
-    trained = run_grids(grids, results, options).trained
-    options = with_plugins(grids, options)
-    rounds = 0
-    while True:
-        step = plan(grids, results, design)
-        for effect, n in step.looks.items():
-            if n not in looks.setdefault(effect, []):
-                looks[effect].append(n)
-        if not step.cells:
-            outcome = Outcome("cap" if step.undecided else "decided", trained, rounds, step)
-            break
-        if max_cells is not None and trained + len(step.cells) > max_cells:
-            outcome = Outcome("budget", trained, rounds, step)
-            break
-        summary = EXECUTORS.lookup(options.executor)(
-            [(cell, ResultStore(results, cell.grid)) for cell in step.cells], options)
-        trained += summary.trained
-        rounds += 1
-        if summary.trained + summary.failed == 0:
-            outcome = Outcome("elsewhere", trained, rounds, step)
-            break
+    with executor_for(grids, options) as executor:  # one set of workers for every round
+        trained = run_grids(grids, results, options, executor).trained
+        rounds = 0
+        while True:
+            step = plan(grids, results, design)
+            for effect, n in step.looks.items():
+                if n not in looks.setdefault(effect, []):
+                    looks[effect].append(n)
+            if not step.cells:
+                outcome = Outcome("cap" if step.undecided else "decided", trained, rounds, step)
+                break
+            if max_cells is not None and trained + len(step.cells) > max_cells:
+                outcome = Outcome("budget", trained, rounds, step)
+                break
+            summary = executor.run([(cell, ResultStore(results, cell.grid)) for cell in step.cells])
+            trained += summary.trained
+            rounds += 1
+            if summary.trained + summary.failed == 0:
+                outcome = Outcome("elsewhere", trained, rounds, step)
+                break
     state = {**state, "stopped": outcome.stopped, "reason": outcome.reason, "rounds": rounds,
              "trained_by_this_run": trained, "runs_stored": outcome.plan.stored,
              "runs_possible": outcome.plan.possible,

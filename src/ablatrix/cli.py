@@ -41,7 +41,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                         + ([record.get("added_for", "") if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
         print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells" + (
-            f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else ""))
+            f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else "")
+            + f"; {len({c.config.training_id for c in grid.cells})} trainings (cells that differ only in how "
+              "the trained model is measured share one)")
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
@@ -101,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
     summary = run_grids(grids, args.results, _run_options(args))
     print(f"trained {summary.trained}, failed {summary.failed}, already done {summary.skipped}, "
-          f"by another runner {summary.elsewhere}; records in {args.results}")
+          f"by another runner {summary.elsewhere}; {summary.trainings} distinct trainings; records in {args.results}")
     return 1 if summary.failed else 0
 
 

@@ -83,11 +83,37 @@ class RunConfig:
     def run_id(self) -> str:
         return run_id_of(self.to_dict())
 
+    @cached_property
+    def training_id(self) -> str:
+        """The id of the training this run measures: cells that differ only in how the trained
+        model is measured (`MEASUREMENT_FIELDS`) share it, and are trained once."""
+        return training_id_of(self.to_dict())
+
 
 def _non_default(values: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
     """The entries of `values` that are not equal (as stored in JSON) to their default."""
     stored = json.loads(json.dumps(defaults))
     return {k: v for k, v in values.items() if k not in stored or stored[k] != v}
+
+
+# Fields that change how a trained model is measured, not how it trains: which weights are tested
+# (restore_best) and the evaluation mode, unless training reads its validation loss.
+MEASUREMENT_FIELDS = ("restore_best", "eval_mode")
+
+
+def training_reads_validation(train: dict[str, Any]) -> bool:
+    """Whether training itself depends on the validation loss (early stopping, ReduceLROnPlateau),
+    and so on the mode it is measured in."""
+    return bool(train.get("patience", TrainConfig.patience)) or train.get("schedule", "none").lower() == "reducelronplateau"
+
+
+def training_id_of(config: dict[str, Any]) -> str:
+    """The run id of `config` with its measurement fields at their defaults: the cells of one
+    training share it."""
+    train = config["train"]
+    measured = [f for f in MEASUREMENT_FIELDS if f != "eval_mode" or not training_reads_validation(train)]
+    defaults = asdict(TrainConfig())
+    return run_id_of({**config, "train": {**train, **{f: defaults[f] for f in measured}}})
 
 
 def run_id_of(config: dict[str, Any]) -> str:

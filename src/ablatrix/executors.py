@@ -38,7 +38,7 @@ from .spec import Cell, Grid, import_plugins
 from .config import SCHEMA
 from .store import ResultStore, environment
 from .packed import pack_key, pack_size, train_pack
-from .train import Execution, train_run
+from .train import Execution, train_cells
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,7 @@ class Summary:
     failed: int
     skipped: int  # finished before this run (or failed, without --retry-failed)
     elsewhere: int = 0  # claimed by another runner, or finished by one while this run went on
+    trainings: int = 0  # the distinct trainings of the cells this run had to train (`trainings`)
 
     @staticmethod
     def of(statuses: list[str]) -> "Summary":
@@ -173,22 +174,38 @@ def _failure(exc: BaseException) -> dict[str, str]:
     return {"status": "failed", "error": f"{type(exc).__name__}: {exc}", "traceback": detail}
 
 
-def run_cell(cell: Cell, options: RunOptions,
-             on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
-             earlier: Sequence[str] = ()) -> dict[str, Any]:
-    """Train one cell and return its full record, status `done` or `failed` with the reason."""
+def _training(cells: Sequence[Cell], wall: float) -> dict[str, Any]:
+    """What a record says of the training it measured: its id, every cell measured from it in this
+    run (itself included), and the training's whole time (the record's `wall_seconds` is its share)."""
+    return {"id": cells[0].config.training_id, "cells": [c.run_id for c in cells], "wall_seconds": wall}
+
+
+def run_training(cells: Sequence[Cell], options: RunOptions,
+                 on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+                 earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+    """Train the cells of one training once and measure each its own way; one full record per
+    cell, status `done` or `failed` with the reason (a failed training fails every cell of it).
+
+    A done record carries its tested weights under "weights" (for `store_record` to store).
+    """
     started, clock, execution = datetime.now(timezone.utc), time.perf_counter(), options.execution
-    record = _record_head(cell, options, earlier, started, execution)
+    records = [_record_head(cell, options, past, started, execution)
+               for cell, past in zip(cells, earlier or [()] * len(cells))]
     try:
-        data = load_splits(cell.config.dataset, cell.config.train.val_fraction, options.device,
-                           options.data_root, cell.config.train.standardize)
-        record.update(train_run(cell.config, data, options.device, execution, on_epoch), status="done")
-    except Exception as exc:  # any failure of one cell is recorded and the grid goes on
-        record.update(_failure(exc))
+        data = load_splits(cells[0].config.dataset, cells[0].config.train.val_fraction, options.device,
+                           options.data_root, cells[0].config.train.standardize)
+        results, weights = train_cells([c.config for c in cells], data, options.device, execution, on_epoch)
+        for record, result in zip(records, results):
+            record.update(result, status="done", weights={result["tested"]["weights"]: weights[result["tested"]["weights"]]})
+    except Exception as exc:  # any failure of one training is recorded and the grid goes on
+        for record in records:
+            record.update(_failure(exc))
     finally:
         torch.cuda.empty_cache()  # an out-of-memory cell leaves nothing cached for the next one
-    record["wall_seconds"] = time.perf_counter() - clock
-    return record
+    wall = time.perf_counter() - clock
+    for record in records:
+        record.update(training=_training(cells, wall), wall_seconds=wall / len(cells))
+    return records
 
 
 def run_pack(cells: Sequence[Cell], options: RunOptions,
@@ -210,17 +227,28 @@ def run_pack(cells: Sequence[Cell], options: RunOptions,
                            options.data_root, cells[0].config.train.standardize)
         results = train_pack([c.config for c in cells], data, options.device, execution, on_epoch)
         for record, result in zip(records, results):  # a member's failure is its own
-            record.update(_failure(result) if isinstance(result, Exception) else {**result, "status": "done"})
+            record.update(_failure(result) if isinstance(result, Exception)
+                          else {**result[0], "status": "done", "weights": result[1]})
     except Exception as exc:  # the pack as a whole failed (e.g. out of memory): every member did
         for record in records:
             record.update(_failure(exc))
     finally:
         torch.cuda.empty_cache()
     wall = time.perf_counter() - clock
-    for record in records:
-        record["wall_seconds"] = wall / len(cells)
+    for cell, record in zip(cells, records):
+        record.update(training=_training([cell], wall / len(cells)), wall_seconds=wall / len(cells))
         record["execution"]["packed"]["wall_seconds"] = wall
     return records
+
+
+def run_unit(cells: Sequence[Cell], options: RunOptions,
+             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
+             earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+    """Train a unit (`units`): the cells of one training, or a pack. `on_epoch(b, row)`: b is the
+    member whose epoch ended (the whole training's: 0)."""
+    if len({c.config.training_id for c in cells}) == 1:
+        return run_training(cells, options, lambda row: on_epoch(0, row), earlier)
+    return run_pack(cells, options, on_epoch, earlier)
 
 
 def claim_pending(cell: Cell, store: ResultStore, retry_failed: bool) -> bool:
@@ -239,34 +267,31 @@ def claim_pending(cell: Cell, store: ResultStore, retry_failed: bool) -> bool:
 
 
 def store_record(cell: Cell, store: ResultStore, record: dict[str, Any]) -> str:
+    """Store a record (and the weights it tested, which go to the training's weights file)."""
+    weights = record.pop("weights", None)
+    if weights:
+        store.put_weights(record["training"]["id"], weights)
     store.put(record)
     if record["status"] != "done":
         tqdm.write(f"failed: {cell.label()} ({record['error']})")
     return record["status"]
 
 
-def train_and_store(cell: Cell, store: ResultStore, options: RunOptions,
-                    on_epoch: Callable[[dict[str, float]], None], earlier: Sequence[str]) -> str:
-    """Train a cell this runner has claimed, renewing the claim every epoch, and store its record."""
-    def beat(row: dict[str, float]) -> None:
-        store.heartbeat(cell.run_id)
-        on_epoch(row)
-    return store_record(cell, store, run_cell(cell, options, beat, earlier))
-
-
 def train_claimed_unit(unit: Unit, options: RunOptions,
                        on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> list[str]:
-    """Claim, train and store a unit: one cell, or a pack of which the cells still pending train fused."""
+    """Claim, train and store a unit: the cells of one training, or a pack of which the cells still
+    pending train fused. Each epoch renews the claims of the cells it trained."""
     claimed = [job for job in unit if claim_pending(job[0], job[1], options.retry_failed)]
     statuses = ["elsewhere"] * (len(unit) - len(claimed))
     try:
-        if len(claimed) == 1:  # one cell, or the rest of a pack taken by another runner: a plain run
-            statuses.append(train_and_store(*claimed[0][:2], options, on_epoch, claimed[0][2]))
-        elif claimed:
+        if claimed:
+            shared = len({job[0].config.training_id for job in claimed}) == 1
+
             def beat(b: int, row: dict[str, float]) -> None:
-                claimed[b][1].heartbeat(claimed[b][0].run_id)
+                for cell, store, _ in (claimed if shared else [claimed[b]]):
+                    store.heartbeat(cell.run_id)
                 on_epoch(row)
-            records = run_pack([job[0] for job in claimed], options, beat, [job[2] for job in claimed])
+            records = run_unit([job[0] for job in claimed], options, beat, [job[2] for job in claimed])
             statuses += [store_record(cell, store, record) for (cell, store, _), record in zip(claimed, records)]
     finally:
         for cell, store, _ in claimed:
@@ -274,23 +299,34 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
     return statuses
 
 
+def trainings(todo: Todo) -> list[Unit]:
+    """The pending cells grouped by training (`RunConfig.training_id`): each group trains once."""
+    groups: dict[tuple[str, str], list[Job]] = {}
+    for cell, store in todo:
+        groups.setdefault((cell.grid, cell.config.training_id), []).append((cell, store, ()))
+    return [tuple(jobs) for jobs in groups.values()]
+
+
 def units(todo: Todo, options: RunOptions) -> list[Unit]:
-    """The pending cells as units: packs of up to `options.pack` cells of one grid and pack key, as
-    even in size as their number allows; cells that cannot be fused go one by one, said once."""
+    """The pending cells as units: the cells of one training together; with --pack, single-cell
+    trainings in packs of up to `options.pack` cells of one grid and pack key, as even in size as
+    their number allows; cells that cannot be fused go one training at a time, said once."""
+    shared = trainings(todo)
     if options.pack == 1:
-        return [((cell, store, ()),) for cell, store in todo]
+        return shared
     groups: dict[tuple[str, str | None], list[Job]] = {}
     alone: list[Unit] = []
-    for cell, store in todo:
-        key = pack_key(cell.config)
+    for unit in shared:
+        key = pack_key(unit[0][0].config) if len(unit) == 1 else None
         if key is None:
-            alone.append(((cell, store, ()),))
+            alone.append(unit)
         else:
-            groups.setdefault((cell.grid, key), []).append((cell, store, ()))
+            groups.setdefault((unit[0][0].grid, key), []).append(unit[0])
     if alone:
-        models = sorted({job[0].config.model.name for (job,) in alone})
-        tqdm.write(f"--pack: {len(alone)} cell(s) train unpacked (model {', '.join(models)}; only convnet "
-                   "with eval-mode evaluation and adam, adamw or sgd fuses)")
+        models = sorted({job[0].config.model.name for unit in alone for job in unit})
+        tqdm.write(f"--pack: {sum(map(len, alone))} cell(s) train unpacked (model {', '.join(models)}; only "
+                   "convnet cells with a training of their own, eval-mode evaluation, and adam, adamw or sgd "
+                   "without optimizer_args, schedule or warm-up fuse)")
     packed: list[Unit] = []
     for jobs in groups.values():
         size = options.pack or pack_size(jobs[0][0].config, options.device)
@@ -312,7 +348,9 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
 def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     statuses = []
     for unit in units(todo, options):
-        bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, packed" if len(unit) > 1 else ""))
+        shared = len({job[0].config.training_id for job in unit}) == 1
+        bar.set_description(unit[0][0].label() + (
+            f" and {len(unit) - 1} more, {'one training' if shared else 'packed'}" if len(unit) > 1 else ""))
         statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
             epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
         bar.update(len(unit))
@@ -350,95 +388,127 @@ def lost_record(cell: Cell, options: RunOptions, earlier: tuple[str, ...], error
             "error": error, "traceback": detail, "wall_seconds": None}
 
 
-def run_parallel(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
-    """Cells in `options.workers` spawned processes, each with its own device and thread share.
+class LocalExecutor:
+    """Cells in this process, or in `options.workers` spawned processes, each with its own device
+    and thread share. The workers live until `close` (the executor is a context manager), so the
+    rounds of `run --until-decided` pay their start-up once.
 
-    Each worker holds one unit (a cell, or a pack with --pack) at a time and the parent knows
+    Each worker holds one unit (a training, or a pack with --pack) at a time and the parent knows
     which, so a worker that dies (killed for memory, a crash in native code) costs only its own
     cells' attempt: a new worker takes its place, and the cells are queued again up to
     `max_retries` times before they are recorded failed.
     """
-    ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
-    if options.device.type == "cuda" and options.device.index is None:
-        devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
-    else:
-        devices = [str(options.device)] * options.workers
-    threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
-    queue: deque[Unit] = deque(units(todo, options))
 
-    def start(device: str) -> _Slot:
-        parent, child = ctx.Pipe()
-        process = ctx.Process(target=_worker, args=(child, device, threads, options), daemon=True)
+    def __init__(self, options: RunOptions) -> None:
+        self.options = options
+        self.slots: list[_Slot] = []
+        self.ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
+        if options.device.type == "cuda" and options.device.index is None:
+            self.devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
+        else:
+            self.devices = [str(options.device)] * options.workers
+        self.threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
+
+    def __enter__(self) -> "LocalExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Tell the idle workers to exit. They are not joined: their torch teardown (about 1 s)
+        need not hold up the caller."""
+        for slot in self.slots:
+            try:
+                slot.conn.send(None)
+            except OSError:  # already gone
+                pass
+        self.slots = []
+
+    def run(self, todo: Todo) -> Summary:
+        with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
+            if self.options.workers > 1 and len(todo) > 1:
+                statuses = self._parallel(todo, bar)
+            else:
+                statuses = run_sequential(todo, self.options, bar)
+        return Summary.of(statuses)
+
+    def _start(self, device: str) -> _Slot:
+        parent, child = self.ctx.Pipe()
+        process = self.ctx.Process(target=_worker, args=(child, device, self.threads, self.options), daemon=True)
         process.start()
         child.close()  # the worker's end: when the worker dies, reading ours gives EOFError
         return _Slot(device, process, parent)
 
-    def hand_out(slot: _Slot) -> None:
-        slot.unit = queue.popleft() if queue else None
-        slot.conn.send(slot.unit)
+    def _parallel(self, todo: Todo, bar: tqdm) -> list[str]:
+        options, slots = self.options, self.slots
+        queue: deque[Unit] = deque(units(todo, options))
+        slots += [self._start(device) for device in self.devices[len(slots):len(queue)]]
 
-    statuses = []
-    slots = [start(device) for device in devices[:len(queue)]]
-    try:
-        for slot in slots:
-            hand_out(slot)
-        while busy := {slot.conn: slot for slot in slots if slot.unit}:
-            for conn in wait(list(busy)):
-                slot = busy[conn]
+        def hand_out(slot: _Slot) -> None:
+            """Give an idle worker the next unit (a worker that died while idle is replaced first)."""
+            slot.unit = queue.popleft() if queue else None
+            if slot.unit is not None:
                 try:
-                    statuses += conn.recv()
-                    bar.update(len(slot.unit))
-                except (EOFError, ConnectionResetError):  # the worker died with its cell or pack
-                    slot.process.join()
-                    code = slot.process.exitcode
-                    error = (f"WorkerDied: the worker process training this cell ended with exit code "
-                             f"{code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""))
-                    retried = []
-                    for cell, store, earlier in slot.unit:
-                        if not store.claim_alive(cell.run_id):
-                            store.release(cell.run_id)
-                        if system_failure(cell, options, earlier, error):
-                            retried.append((cell, store, (*earlier, error)))
-                            continue
-                        statuses.append(store_record(cell, store, lost_record(
-                            cell, options, earlier, error, "no traceback: the process died")))
-                        bar.update()
-                    slots[slots.index(slot)] = slot = start(slot.device)
-                    if retried:
-                        queue.append(tuple(retried))
+                    slot.conn.send(slot.unit)
+                except OSError:
+                    fresh = self._start(slot.device)
+                    slots[slots.index(slot)], fresh.unit = fresh, slot.unit
+                    fresh.conn.send(fresh.unit)
+
+        statuses = []
+        try:
+            for slot in list(slots):
                 hand_out(slot)
-    finally:
-        # On Ctrl-C or an error, stop the busy workers. Idle ones were told to exit and are not
-        # joined: their torch teardown (about 1 s) need not hold up the caller.
-        busy = [slot for slot in slots if slot.unit is not None]
-        for slot in busy:
-            slot.process.terminate()
-        for slot in busy:
-            slot.process.join()
-            for cell, store, _ in slot.unit:
-                if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
-                    store.release(cell.run_id)
-    return statuses
-
-
-def run_local(todo: Todo, options: RunOptions) -> Summary:
-    with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
-        run = run_parallel if options.workers > 1 and len(todo) > 1 else run_sequential
-        statuses = run(todo, options, bar)
-    return Summary.of(statuses)
+            while busy := {slot.conn: slot for slot in slots if slot.unit}:
+                for conn in wait(list(busy)):
+                    slot = busy[conn]
+                    try:
+                        statuses += conn.recv()
+                        bar.update(len(slot.unit))
+                    except (EOFError, ConnectionResetError):  # the worker died with its training or pack
+                        slot.process.join()
+                        code = slot.process.exitcode
+                        error = (f"WorkerDied: the worker process training this cell ended with exit code "
+                                 f"{code}" + (" (killed by a signal, e.g. for memory)" if code < 0 else ""))
+                        retried = []
+                        for cell, store, earlier in slot.unit:
+                            if not store.claim_alive(cell.run_id):
+                                store.release(cell.run_id)
+                            if system_failure(cell, options, earlier, error):
+                                retried.append((cell, store, (*earlier, error)))
+                                continue
+                            statuses.append(store_record(cell, store, lost_record(
+                                cell, options, earlier, error, "no traceback: the process died")))
+                            bar.update()
+                        slots[slots.index(slot)] = slot = self._start(slot.device)
+                        if retried:
+                            queue.append(tuple(retried))
+                    hand_out(slot)
+        finally:
+            # On Ctrl-C or an error, stop the busy workers (and drop them from the pool).
+            busy = [slot for slot in slots if slot.unit is not None]
+            for slot in busy:
+                slot.process.terminate()
+            for slot in busy:
+                slot.process.join()
+                slots.remove(slot)
+                for cell, store, _ in slot.unit:
+                    if not store.claim_alive(cell.run_id):  # stopped between claiming and its try block
+                        store.release(cell.run_id)
+        return statuses
 
 
 HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well inside STALE_SECONDS
 
 
 def _ray_unit(cells: Sequence[Cell], options: RunOptions, earlier: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
-    """A cell, or a pack of cells, inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
+    """A unit (the cells of one training, or a pack) inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
     import ray
     import_plugins(options.plugins)  # Ray workers start with only the built-in registries
     torch.set_num_threads(options.cpus_per_run)
     options = replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu"))
-    records = (run_pack(cells, options, earlier=earlier) if len(cells) > 1
-               else [run_cell(cells[0], options, earlier=earlier[0])])
+    records = run_unit(cells, options, earlier=earlier)
     for record in records:
         record["execution"].update(host=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
     return records
@@ -459,8 +529,57 @@ def _largest_node(ray: Any, resource: str) -> float:
     return max((node["Resources"].get(resource, 0) for node in ray.nodes() if node["Alive"]), default=0)
 
 
-def run_ray(todo: Todo, options: RunOptions) -> Summary:
-    """Each cell a Ray task asking for `cpus_per_run` CPUs and `gpus_per_run` of a GPU.
+def _join_ray(options: RunOptions) -> bool:
+    """Start a local Ray, or join the one at `options.address`; True if this call started Ray."""
+    import ray
+    if ray.is_initialized():
+        return False
+    if options.address:
+        _check_reachable(options.address)
+    try:
+        # "local": a fresh Ray of our own; without it Ray joins any cluster it finds running
+        # on this machine (or in RAY_ADDRESS), a dead one included.
+        ray.init(address=options.address or "local", include_dashboard=False,
+                 logging_level="ERROR", configure_logging=False)
+    except (ConnectionError, ValueError, RuntimeError) as exc:
+        raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
+    return True
+
+
+class RayExecutor:
+    """Each cell a Ray task asking for `cpus_per_run` CPUs and `gpus_per_run` of a GPU (`run_ray`).
+    Ray is joined (or a local one started) at the first `run` and left (stopped) at `close`, so
+    the rounds of `run --until-decided` share one Ray."""
+
+    def __init__(self, options: RunOptions) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise AblatrixError("--executor ray needs Ray: pip install 'ablatrix[ray]'") from None
+        self.options = replace(options, data_root=options.data_root.resolve())  # workers have another cwd
+        self.joined = self.started = False
+
+    def __enter__(self) -> "RayExecutor":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, todo: Todo) -> Summary:
+        if not self.joined:
+            self.started, self.joined = _join_ray(self.options), True
+        return run_ray(todo, self.options, self.started)
+
+    def close(self) -> None:
+        import ray
+        if self.started:
+            ray.shutdown()
+        self.joined = self.started = False
+
+
+def run_ray(todo: Todo, options: RunOptions, owned: bool) -> Summary:
+    """Each cell a Ray task asking for `cpus_per_run` CPUs and `gpus_per_run` of a GPU, on the Ray
+    this process has joined (`owned`: one it started, and stops on the way out).
 
     The driver keeps twice as many tasks in flight as the cluster can run at once, claims each
     cell as it submits it (so other runners on the same results share the rest), renews the
@@ -470,22 +589,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
     again, keeping its claim, up to `max_retries` times; an exception raised by training itself is
     recorded `failed` at once (Ray's own retries are off, so the driver decides which is which).
     """
-    try:
-        import ray
-    except ImportError:
-        raise AblatrixError("--executor ray needs Ray: pip install 'ablatrix[ray]'") from None
-    options = replace(options, data_root=options.data_root.resolve())  # workers have another cwd
-    started = not ray.is_initialized()
-    if started:
-        if options.address:
-            _check_reachable(options.address)
-        try:
-            # "local": a fresh Ray of our own; without it Ray joins any cluster it finds running
-            # on this machine (or in RAY_ADDRESS), a dead one included.
-            ray.init(address=options.address or "local", include_dashboard=False,
-                     logging_level="ERROR", configure_logging=False)
-        except (ConnectionError, ValueError, RuntimeError) as exc:
-            raise AblatrixError(f"--address {options.address}: cannot join the Ray cluster: {exc}") from None
+    import ray
     running: dict[Any, Unit] = {}
     held: set[str] = set()  # cells this call claimed (or was claiming), released in `finally`
     try:
@@ -552,7 +656,7 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
                         for cell, store, _ in unit:
                             store.heartbeat(cell.run_id)
     finally:  # on Ctrl-C or an error: stop the tasks still running and free their cells
-        if not started:  # a Ray we started goes down whole; a force-cancel that races the
+        if not owned:  # a Ray we started goes down whole (at close); a force-cancel that races the
             for ref in running:  # task's completion can abort the driver (a Ray 2.60 CHECK failure)
                 ray.cancel(ref)
         # Every claim of this call, not only those of `running`: Ctrl-C can land between a claim
@@ -560,14 +664,14 @@ def run_ray(todo: Todo, options: RunOptions) -> Summary:
         for cell, store in todo:
             if cell.run_id in held:
                 store.release_own(cell.run_id)
-        if started:
-            ray.shutdown()
     return Summary.of(statuses)
 
 
-EXECUTORS: Registry[Callable[[Todo, RunOptions], Summary]] = Registry("executor")
-EXECUTORS.register("local")(run_local)
-EXECUTORS.register("ray")(run_ray)
+# An executor is made from the run's options, trains todo lists with `run` (as many as it is
+# given: the rounds of --until-decided) and keeps its workers until `close` (it is a context manager).
+EXECUTORS: Registry[Callable[[RunOptions], LocalExecutor | RayExecutor]] = Registry("executor")
+EXECUTORS.register("local")(LocalExecutor)
+EXECUTORS.register("ray")(RayExecutor)
 
 
 def with_plugins(grids: Sequence[Grid], options: RunOptions) -> RunOptions:
@@ -575,19 +679,28 @@ def with_plugins(grids: Sequence[Grid], options: RunOptions) -> RunOptions:
     return replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
 
 
-def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions) -> Summary:
-    """Train every cell of `grids` that has no finished record in `results`, with `options.executor`.
+def executor_for(grids: Sequence[Grid], options: RunOptions) -> LocalExecutor | RayExecutor:
+    """The executor `options.executor` names, its workers carrying the grids' plugins."""
+    return EXECUTORS.lookup(options.executor)(with_plugins(grids, options))
+
+
+def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
+              executor: LocalExecutor | RayExecutor | None = None) -> Summary:
+    """Train every cell of `grids` that has no finished record in `results`, with `executor` (one
+    made for `options.executor` and closed again, if none is given).
 
     Every dataset a pending cell needs is loaded first, so missing files stop the run before
     anything trains (AblatrixError), rather than failing each cell in turn.
     """
-    run = EXECUTORS.lookup(options.executor)
-    options = with_plugins(grids, options)
     for grid in grids:
         ResultStore(results, grid.name).writable()
     todo = pending(grids, results, options.retry_failed)
     for dataset in dict.fromkeys(cell.config.dataset for cell, _ in todo):
         DATASETS[dataset].load(options.data_root)
-    summary = run(todo, options)
+    if executor is None:
+        with executor_for(grids, options) as executor:
+            summary = executor.run(todo)
+    else:
+        summary = executor.run(todo)
     total = sum(len(g.cells) for g in grids)
-    return Summary(summary.trained, summary.failed, total - len(todo), summary.elsewhere)
+    return Summary(summary.trained, summary.failed, total - len(todo), summary.elsewhere, len(trainings(todo)))

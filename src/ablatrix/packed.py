@@ -396,16 +396,22 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
 
 def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
                on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None
-               ) -> list[dict[str, Any] | Exception]:
-    """Train a pack; per member, `train.train_run`'s result (tested as a plain run is), or its exception."""
-    results: list[dict[str, Any] | Exception] = []
-    for fitted in fit_pack(configs, data, device, execution, on_epoch):
+               ) -> list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception]:
+    """Train a pack; per member, what `train.train_cells` gives for it alone (its result, tested as a
+    plain run is, and the weights tested), or its exception."""
+    results: list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception] = []
+    for config, fitted in zip(configs, fit_pack(configs, data, device, execution, on_epoch)):
         if isinstance(fitted, Exception):
             results.append(fitted)
             continue
         model, history, best_epoch = fitted
         test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
-        results.append({"params": sum(p.numel() for p in model.parameters()), "history": history,
-                        "best_epoch": best_epoch, "epochs_trained": len(history),
-                        "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)})
+        restored = config.train.restore_best and best_epoch > 0  # as `train.Fitted.weights` decides
+        name = "best-eval" if restored else "final"
+        results.append(({"params": sum(p.numel() for p in model.parameters()), "history": history,
+                         "best_epoch": best_epoch, "epochs_trained": len(history),
+                         "tested": {"weights": name, "epoch": best_epoch if restored else len(history),
+                                    "eval_mode": "eval"},
+                         "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)},
+                        {name: {k: v.detach().clone() for k, v in model.state_dict().items()}}))
     return results

@@ -1,4 +1,6 @@
-"""The result store: one JSON file per run, written atomically, under <results>/<grid>/runs/.
+"""The result store: one JSON file per run, written atomically, under <results>/<grid>/runs/,
+and the weights each training's runs tested, under <results>/<grid>/weights/<training id>.pt
+(a `torch.save` of {"final" | "best-<eval mode>": state dict}, read back with weights_only=True).
 
 Files get the permissions a plain file written by the user would (the umask decides), so a
 group-writable results folder can be shared by a team. A record that cannot be read back (a
@@ -25,7 +27,9 @@ import torch
 from tqdm import tqdm
 
 from .config import SCHEMA, run_id_of
+from .data import DATASETS
 from .errors import AblatrixError
+from .models import create_model
 
 
 def _umask() -> int:
@@ -103,6 +107,36 @@ class ResultStore:
 
     def put(self, record: dict[str, Any]) -> None:
         atomic_write_text(self.path(record["run_id"]), json.dumps(record, indent=1) + "\n")
+
+    def weights_path(self, training_id: str) -> Path:
+        return self.dir / "weights" / f"{training_id}.pt"
+
+    def put_weights(self, training_id: str, weights: dict[str, dict[str, torch.Tensor]]) -> None:
+        """Add a training's tested weights to its file (a later cell of the same training adds its own)."""
+        path = self.weights_path(training_id)
+        merged = {**self.get_weights(training_id), **{name: {k: v.cpu() for k, v in state.items()}
+                                                      for name, state in weights.items()}}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(merged, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            os.unlink(tmp)
+            raise
+
+    def get_weights(self, training_id: str) -> dict[str, dict[str, torch.Tensor]]:
+        """The stored weights of a training by name; {} if none were stored (or the file is unreadable)."""
+        try:
+            return torch.load(self.weights_path(training_id), map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return {}
+        except Exception as exc:  # a truncated copy: its runs' records still stand
+            tqdm.write(f"ablatrix: {self.weights_path(training_id)} cannot be read ({exc}); ignored")
+            return {}
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every usable record by run id, after moving damaged ones aside and migrating old ones."""
@@ -243,6 +277,28 @@ class ResultStore:
             return
         if (owner.get("host"), owner.get("pid")) == (socket.gethostname(), os.getpid()):
             self.release(run_id)
+
+
+def load_model(results: str | Path, grid: str, run_id: str) -> torch.nn.Module:
+    """The model a stored run tested, with its weights, in eval mode, on the CPU: for a notebook.
+
+    `results` is the results folder, `grid` the grid's name. A plugin model's module must be
+    imported first (it registers the model).
+    """
+    store = ResultStore(Path(results), grid)
+    record = store.get(run_id)
+    if record is None or record["status"] != "done":
+        raise AblatrixError(f"{store.path(run_id)}: no finished run {run_id} in {store.dir}")
+    tested = record.get("tested")
+    weights = store.get_weights(record["training"]["id"]) if tested and "training" in record else {}
+    if not tested or tested["weights"] not in weights:
+        raise AblatrixError(f"run {run_id}: its weights are not stored in {store.dir / 'weights'} "
+                            "(runs trained before ablatrix kept weights, or the folder was not copied)")
+    config = record["config"]
+    info = DATASETS.lookup(config["dataset"])
+    model = create_model(config["model"]["name"], info.input_shape, len(info.classes), **config["model"]["params"])
+    model.load_state_dict(weights[tested["weights"]])
+    return model.eval()
 
 
 @functools.cache

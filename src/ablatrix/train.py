@@ -9,13 +9,13 @@ import copy
 import inspect
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
 from torch import nn
 
-from .config import RunConfig, TrainConfig
+from .config import RunConfig, TrainConfig, training_reads_validation
 from .data import AUGMENTATIONS, Splits
 from .errors import AblatrixError
 from .models import create_model
@@ -270,11 +270,44 @@ def usable_samples(n: int, batch_size: int) -> int:
     return n - 1 if n % batch_size == 1 else n
 
 
-def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
-        on_epoch: Callable[[dict[str, float]], None] = lambda row: None
-        ) -> tuple[nn.Module, list[dict[str, float]], int]:
-    """Train with early stopping on validation loss; return the model, its history and best epoch."""
+@dataclass
+class Fitted:
+    """One training and what it kept for measuring: per evaluation mode, the validation history
+    and the best epoch (with its weights where a measurement restores them)."""
+
+    model: nn.Module  # holding the final weights
+    step_model: nn.Module  # what trained and evaluates: `model`, or its compiled form (`Execution.compile`)
+    final: dict[str, torch.Tensor]
+    history: dict[str, list[dict[str, float]]]  # by mode: shared training columns, that mode's val
+    best_epoch: dict[str, int]
+    best_state: dict[str, dict[str, torch.Tensor]]
+
+    def weights(self, cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor]]:
+        """Which weights a measurement with `cfg` tests ("best" or "final") and the weights."""
+        if cfg.restore_best and cfg.eval_mode in self.best_state:
+            return "best", self.best_state[cfg.eval_mode]
+        return "final", self.final
+
+
+def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def fit_measured(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
+                 on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
+                 modes: Sequence[str] = (), restore: Sequence[str] = ()) -> Fitted:
+    """Train `config` once, validating after each epoch in its own eval mode and in `modes`.
+
+    Early stopping and ReduceLROnPlateau read the config's own mode; other modes are allowed only
+    without them, so they see the very training the config alone would. `restore` names the modes
+    whose best weights are kept. Evaluating never touches the training's random state or weights
+    (`evaluate` works on copies and forks the generator), so the training is that of a plain run.
+    """
     cfg = config.train
+    modes = list(dict.fromkeys((cfg.eval_mode, *modes)))
+    if len(modes) > 1 and training_reads_validation(asdict(cfg)):
+        raise ValueError("several evaluation modes share a training only if training does not read validation")
+    restore = set(restore) | ({cfg.eval_mode} if cfg.restore_best else set())
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv kernels once
     torch.manual_seed(config.seed)  # initialisation, dropout masks, augmentation
@@ -291,8 +324,9 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
     n_used = usable_samples(len(data.train_x), cfg.batch_size)
     schedule, per_batch = build_schedule(optimizer, cfg, math.ceil(n_used / cfg.batch_size))
 
-    history: list[dict[str, float]] = []
-    best_loss, best_epoch, best_state = math.inf, 0, None
+    history: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
+    best_loss, best_epoch = dict.fromkeys(modes, math.inf), dict.fromkeys(modes, 0)
+    best_state: dict[str, dict[str, torch.Tensor]] = {}
     for epoch in range(1, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
@@ -317,31 +351,70 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
         train_loss = loss_sum.item() / n_used  # host syncs happen here, per epoch, never per step
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"training loss became {train_loss} in epoch {epoch}")
-        val_loss, val_acc, _ = evaluate(step_model, data.val_x, data.val_y, execution, cfg.eval_mode,
-                                        data.train_x)
-        row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
-               "val_loss": val_loss, "val_accuracy": val_acc,
-               "seconds": time.perf_counter() - started, **({"lr": lr} if schedule else {})}
+        val = {mode: evaluate(step_model, data.val_x, data.val_y, execution, mode, data.train_x)[:2]
+               for mode in modes}
+        seconds = time.perf_counter() - started
+        for mode, (val_loss, val_acc) in val.items():
+            row = {"epoch": epoch, "train_loss": train_loss, "train_accuracy": correct.item() / n_used,
+                   "val_loss": val_loss, "val_accuracy": val_acc, "seconds": seconds, **({"lr": lr} if schedule else {})}
+            history[mode].append(row)
+            if val_loss < best_loss[mode]:
+                best_loss[mode], best_epoch[mode] = val_loss, epoch
+                if mode in restore:
+                    best_state[mode] = _state(model)
+        own_loss = val[cfg.eval_mode][0]
         if schedule and not per_batch:
-            schedule.step(val_loss) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
-        history.append(row)
-        on_epoch(row)
-        if val_loss < best_loss:
-            best_loss, best_epoch = val_loss, epoch
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif cfg.patience and epoch - best_epoch >= cfg.patience:
+            schedule.step(own_loss) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
+        on_epoch(history[cfg.eval_mode][-1])
+        if best_epoch[cfg.eval_mode] != epoch and cfg.patience and epoch - best_epoch[cfg.eval_mode] >= cfg.patience:
             break
-    if cfg.restore_best and best_state is not None:
-        model.load_state_dict(best_state)
-    return step_model, history, best_epoch
+    return Fitted(model, step_model, _state(model), history, best_epoch, best_state)
+
+
+def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
+        on_epoch: Callable[[dict[str, float]], None] = lambda row: None
+        ) -> tuple[nn.Module, list[dict[str, float]], int]:
+    """Train with early stopping on validation loss; return the model (with the weights its config
+    tests), its history and best epoch."""
+    fitted = fit_measured(config, data, device, execution, on_epoch)
+    fitted.model.load_state_dict(fitted.weights(config.train)[1])
+    mode = config.train.eval_mode
+    return fitted.step_model, fitted.history[mode], fitted.best_epoch[mode]
+
+
+def train_cells(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
+                on_epoch: Callable[[dict[str, float]], None] = lambda row: None
+                ) -> tuple[list[dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
+    """Train once for configs that share a training id (`RunConfig.training_id`: they differ only
+    in how the trained model is measured) and measure each its own way.
+
+    Returns one result per config (history, best epoch, test metrics, and `tested`: which weights
+    of which epoch it measured, in which mode) and the weights measured, by name ("final",
+    "best-<mode>"), for the store.
+    """
+    if len({c.training_id for c in configs}) != 1:
+        raise ValueError("train_cells takes configs of one training")
+    first = configs[0]
+    fitted = fit_measured(first, data, device, execution, on_epoch, [c.train.eval_mode for c in configs],
+                          [c.train.eval_mode for c in configs if c.train.restore_best])
+    results, weights = [], {}
+    for config in configs:
+        mode = config.train.eval_mode
+        which, state = fitted.weights(config.train)
+        name = which if which == "final" else f"best-{mode}"
+        weights[name] = state
+        fitted.model.load_state_dict(state)
+        test_loss, test_acc, pred = evaluate(fitted.step_model, data.test_x, data.test_y, execution, mode, data.train_x)
+        history = fitted.history[mode]
+        results.append({"params": sum(p.numel() for p in fitted.model.parameters()),
+                        "history": history, "best_epoch": fitted.best_epoch[mode], "epochs_trained": len(history),
+                        "tested": {"weights": name, "epoch": fitted.best_epoch[mode] if which == "best" else len(history),
+                                   "eval_mode": mode},
+                        "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)})
+    return results, weights
 
 
 def train_run(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
               on_epoch: Callable[[dict[str, float]], None] = lambda row: None) -> dict[str, Any]:
     """Train one cell; return its history, best epoch and test metrics (JSON-ready)."""
-    model, history, best_epoch = fit(config, data, device, execution, on_epoch)
-    test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution, config.train.eval_mode,
-                                         data.train_x)
-    return {"params": sum(p.numel() for p in model.parameters()),
-            "history": history, "best_epoch": best_epoch, "epochs_trained": len(history),
-            "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)}
+    return train_cells([config], data, device, execution, on_epoch)[0][0]
