@@ -21,6 +21,8 @@ from ablatrix import datasets
 from ablatrix.cli import main
 from ablatrix.data import AUGMENTATIONS, DATASETS
 from ablatrix.errors import AblatrixError
+from ablatrix.spec import load_grid
+from ablatrix.store import ResultStore
 from ablatrix.train import SAMPLERS
 
 RNG = np.random.default_rng(0)
@@ -330,3 +332,97 @@ def test_list_takes_data_dir_and_says_which_datasets_are_there(write_grid, tmp_p
     out = capsys.readouterr().out
     assert "data ready: mnist" in out and "data missing: fashion-mnist (dataset 'fashion-mnist' not found" in out
     assert not (tmp_path / "res").exists()
+
+
+def write_npz(path: Path, n: int = 60, **arrays) -> Path:
+    """Arrays of n 8x8 byte images with labels 0..2 (each class alike), overridden by `arrays`."""
+    y = np.arange(n) % 3
+    x = (RNG.random((n, 8, 8)) * 80 + 60 * y[:, None, None]).astype(np.uint8)
+    np.savez(path, **{"x": x, "y": y, **arrays})
+    return path
+
+
+def write_folder(root: Path, classes=("cat", "dog"), per_class: int = 10, shape=(1, 8, 8),
+                 sizes=None) -> Path:
+    """One sub-folder of PNGs per class; `sizes` gives some images another (H, W)."""
+    from PIL import Image
+    for c, cls in enumerate(classes):
+        (root / cls).mkdir(parents=True)
+        for i in range(per_class):
+            h, w = (sizes or {}).get(i, shape[1:])
+            pixels = (40 + 100 * c + RNG.integers(0, 20, (h, w, shape[0]))).astype(np.uint8)
+            Image.fromarray(pixels[..., 0] if shape[0] == 1 else pixels).save(root / cls / f"{i}.png")
+    return root
+
+
+SOURCE_GRID = 'name = "byo"\ndatasets = ["{dataset}"]\nseeds = [0]\n[train]\nepochs = 1\npatience = 0\n[model]\nconv = [4]\n'
+
+
+@pytest.mark.parametrize("make, dataset, shape, classes, n_test", [
+    (lambda d: write_npz(d / "a.npz"), "npz:a.npz", (1, 8, 8), ("0", "1", "2"), 12),
+    (lambda d: write_npz(d / "a.npz", x_test=np.zeros((9, 8, 8), np.uint8), y_test=np.arange(9) % 3,
+                         classes=np.array(["a", "b", "c"])), "npz:a.npz", (1, 8, 8), ("a", "b", "c"), 9),
+    (lambda d: write_npz(d / "a.npz", x=RNG.random((60, 2, 6, 6)).astype(np.float32)), "npz:a.npz",
+     (2, 6, 6), ("0", "1", "2"), 12),
+    (lambda d: write_folder(d / "imgs"), "folder:imgs", (1, 8, 8), ("cat", "dog"), 4),
+    (lambda d: write_folder(d / "imgs", shape=(3, 10, 12)), "folder:imgs?size=8x8", (3, 8, 8), ("cat", "dog"), 4),
+])
+def test_data_named_by_path_loads_splits_and_trains(write_grid, tmp_path, capsys, make, dataset, shape, classes, n_test):
+    """npz arrays and image folders named in the grid (relative to it) give their shape, classes and test
+    part (their own, or a fixed stratified 20%), train, and carry the data's content hash in the run id."""
+    make(tmp_path)
+    grid = write_grid(SOURCE_GRID.format(dataset=dataset))
+    assert main(["run", str(grid), "--results", str(tmp_path / "out")]) == 0
+    info = DATASETS[dataset]
+    assert (info.input_shape, info.classes) == (shape, classes)
+    assert int(info.load(tmp_path).is_test.sum()) == n_test
+    (record,) = ResultStore(tmp_path / "out", "byo").records().values()
+    assert record["status"] == "done" and len(record["config"]["data"]) == 16
+    DATASETS.pop(dataset)
+
+
+def test_a_changed_data_file_makes_new_cells(write_grid, tmp_path):
+    """Same path, other content: another content hash, so other run ids (the old runs stay as they are)."""
+    write_npz(tmp_path / "a.npz")
+    grid = write_grid(SOURCE_GRID.format(dataset="npz:a.npz"))
+    before = [c.run_id for c in load_grid(grid).cells]
+    DATASETS.pop("npz:a.npz")
+    write_npz(tmp_path / "a.npz", n=90)
+    after = [c.run_id for c in load_grid(grid).cells]
+    DATASETS.pop("npz:a.npz")
+    assert before != after
+
+
+@pytest.mark.parametrize("make, dataset, message", [
+    (lambda d: write_npz(d / "a.npz", y=np.arange(60) % 3 - 1), "npz:a.npz", "labels run from -1 to 1"),
+    (lambda d: write_npz(d / "a.npz", classes=np.array(["a", "b"])), "npz:a.npz", "labels run from 0 to 2; expected 0..1"),
+    (lambda d: write_npz(d / "a.npz", y=np.arange(50) % 3), "npz:a.npz", "x holds 60 images and y (50,) labels"),
+    (lambda d: write_npz(d / "a.npz", y=(np.arange(60) % 3).astype(float)), "npz:a.npz", "expected integers"),
+    (lambda d: (d / "a.npz").write_text("not arrays"), "npz:a.npz", "not a NumPy .npz file"),
+    (lambda d: None, "npz:missing.npz", "does not exist"),
+    (lambda d: (write_folder(d / "imgs"), (d / "imgs" / "emu").mkdir()), "folder:imgs", "class folder"),
+    (lambda d: (write_folder(d / "imgs"), (d / "imgs" / "cat" / "notes.txt").write_text("x")), "folder:imgs",
+     "is not a PNG or JPEG image"),
+    (lambda d: (write_folder(d / "imgs"), (d / "imgs" / "cat" / "bad.png").write_text("x")), "folder:imgs",
+     "cannot be read as an image"),
+    (lambda d: write_folder(d / "imgs", sizes={0: (9, 9)}), "folder:imgs", "add ?size=HxW"),
+    (lambda d: write_folder(d / "imgs"), "folder:imgs?size=big", "expected HxW"),
+])
+def test_bad_data_by_path_is_one_line_before_training(write_grid, tmp_path, capsys, make, dataset, message):
+    """Each bad input is exit 2 with one line naming the problem, before anything is written."""
+    make(tmp_path)
+    grid = write_grid(SOURCE_GRID.format(dataset=dataset))
+    assert main(["run", str(grid), "--results", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+    DATASETS.pop(dataset, None)
+
+
+def test_worker_processes_read_data_named_by_path(write_grid, tmp_path, capsys):
+    """--workers 2: spawned workers, which start with the built-in datasets only, read the grid's npz."""
+    write_npz(tmp_path / "a.npz")
+    grid = write_grid(SOURCE_GRID.format(dataset="npz:a.npz").replace("seeds = [0]", "seeds = [0, 1]"))
+    assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--workers", "2"]) == 0
+    assert "trained 2, failed 0" in capsys.readouterr().out
+    DATASETS.pop("npz:a.npz")

@@ -75,6 +75,7 @@ class RunConfig:
     seed: int
     model: ModelConfig
     train: TrainConfig
+    data: str = ""  # content hash of a dataset named by its files ("npz:...", "folder:..."); "" otherwise
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self)))  # tuples -> lists, as stored
@@ -123,6 +124,7 @@ def run_id_of(config: dict[str, Any]) -> str:
     """
     model = config["model"]
     identity = {"dataset": config["dataset"], "seed": config["seed"],
+                **({"data": config["data"]} if config.get("data") else {}),
                 "model": {"name": model["name"], "params": _non_default(model["params"],
                                                                         param_defaults(model["name"]))},
                 "train": _non_default(config["train"], asdict(TrainConfig()))}

@@ -32,6 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .data import DATASETS, load_splits
+from .datasets import register_source
 from .errors import AblatrixError
 from .registry import Registry
 from .spec import Cell, Grid, import_plugins
@@ -55,6 +56,7 @@ class RunOptions:
     gpus_per_run: float = 0.0  # ray: GPU share each cell requests (0: CPU cells)
     cpus_per_run: int = 1  # ray: CPUs each cell requests, and its torch threads
     plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
+    sources: tuple[tuple[str, str], ...] = ()  # datasets named by path (`Grid.sources`), read by workers too
     retry_failed: bool = False  # train cells whose record says `failed` again
     max_retries: int = 2  # times a cell is trained again after its worker process or node died
     pack: int = 1  # local: train up to this many cells of one shape as one fused model; 0: auto
@@ -361,7 +363,7 @@ def _worker(conn: Connection, device: str, threads: int, options: RunOptions) ->
     """A spawned worker: trains the units (a cell or a pack) the parent sends, one at a time, until None."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
-    import_plugins(options.plugins)  # spawned processes start with only the built-in registries
+    prepare_worker(options)
     torch.set_num_threads(threads)
     options = replace(options, device=torch.device(device))
     while (unit := conn.recv()) is not None:
@@ -505,7 +507,7 @@ HEARTBEAT_SECONDS = 60  # how often the Ray driver renews its claims; well insid
 def _ray_unit(cells: Sequence[Cell], options: RunOptions, earlier: Sequence[tuple[str, ...]]) -> list[dict[str, Any]]:
     """A unit (the cells of one training, or a pack) inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
     import ray
-    import_plugins(options.plugins)  # Ray workers start with only the built-in registries
+    prepare_worker(options)
     torch.set_num_threads(options.cpus_per_run)
     options = replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu"))
     records = run_unit(cells, options, earlier=earlier)
@@ -675,8 +677,18 @@ EXECUTORS.register("ray")(RayExecutor)
 
 
 def with_plugins(grids: Sequence[Grid], options: RunOptions) -> RunOptions:
-    """`options` carrying the grids' plugins, which worker processes import."""
-    return replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)))
+    """`options` carrying the grids' plugins and datasets named by path, which worker processes
+    import and read (`prepare_worker`)."""
+    return replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)),
+                   sources=tuple(dict.fromkeys(s for g in grids for s in g.sources)))
+
+
+def prepare_worker(options: RunOptions) -> None:
+    """What a new worker process needs before training: spawned and Ray processes start with only the
+    built-in registries."""
+    import_plugins(options.plugins)
+    for name, path in options.sources:
+        register_source(name, Path(path))
 
 
 def executor_for(grids: Sequence[Grid], options: RunOptions) -> LocalExecutor | RayExecutor:

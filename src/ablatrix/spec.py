@@ -20,6 +20,7 @@ from typing import Any, Iterable
 
 from .config import ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS
+from .datasets import SOURCES, parse_source, register_source
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
 from .stats import CONFIDENCE, MARGIN
@@ -99,6 +100,7 @@ class Grid:
     report: ReportSettings = ReportSettings()
     extra_seeds: tuple[int, ...] = ()  # seeds `run --until-decided` may add, up to max_seeds in all
     extra_cells: tuple[Cell, ...] = ()  # the cells of those seeds: trained only where needed
+    sources: tuple[tuple[str, str], ...] = ()  # datasets named by path: (name, absolute path), for workers
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -256,9 +258,18 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     plugins = resolve_plugins(doc.get("plugins", []), path)
     import_plugins(plugins, f"{where}: plugins")
     datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
+    sources, hashes = {}, {}
     for dataset in datasets:
-        if dataset not in DATASETS:
-            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}")
+        source = parse_source(dataset)
+        if source is not None:
+            sources[dataset] = str((path.parent / source[1]).resolve())
+            try:
+                hashes[dataset] = register_source(dataset, Path(sources[dataset]))
+            except AblatrixError as exc:
+                _fail(where, f"datasets: {exc}")
+        elif dataset not in DATASETS:
+            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
+                         f"or data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}")
     seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
     if min(seeds) < 0:
         _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
@@ -350,7 +361,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
                 n_params[key] = check_model(built, info.input_shape, len(info.classes))
             except AblatrixError as exc:
                 _fail(f"{context}, dataset {dataset!r}", f"model: {exc}")
-        cell = Cell(name, vname, combos[i], RunConfig(dataset, seed, model, train), n_params[key])
+        cell = Cell(name, vname, combos[i], RunConfig(dataset, seed, model, train, hashes.get(dataset, "")),
+                    n_params[key])
         if cell.run_id in cells:
             _fail(where, f"{cells[cell.run_id].label()!r} and {cell.label()!r} are the same run "
                          "(identical resolved config); drop one or exclude it")
@@ -372,7 +384,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
             _fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
                          f"has {wrong[0].params:,}: the published number would sit beside another model")
     return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()), plugins, references, report, tuple(extra_seeds), extra)
+                tuple(cells.values()), plugins, references, report, tuple(extra_seeds), extra,
+                tuple(sources.items()))
 
 
 def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:
