@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import os
 import signal
@@ -194,3 +195,41 @@ def test_list_and_run_count_the_distinct_trainings(write_grid, tmp_path, capsys)
     assert "tiny (" in (out := capsys.readouterr().out) and ": 8 cells; 4 trainings" in out
     assert main(["run", str(grid), "--results", str(tmp_path)]) == 0
     assert "trained 8, failed 0, already done 0, by another runner 0; 4 distinct trainings" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
+    """kill -9 of the runner at random moments inside one training, three times: the next run resumes
+    each time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 150")
+                      + 'train.eval_mode = ["eval", "train"]\n', name="long.toml")
+    args = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
+    twin = runner(grid, tmp_path / "twin", *args)
+    assert twin.wait(timeout=300) == 0
+    checkpoints, rng = tmp_path / "res" / "tiny" / "checkpoints", random.Random(0)
+    def written() -> float:  # when the checkpoint was last written, 0 if there is none
+        return max((p.stat().st_mtime_ns for p in checkpoints.glob("*.pt")), default=0)
+    for kill in range(3):
+        before = written()
+        proc = runner(grid, tmp_path / "res", *args)
+        deadline = time.monotonic() + 120
+        while written() == before and time.monotonic() < deadline:  # this run has trained an epoch
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    runs = tmp_path / "res" / "tiny" / "runs"
+    assert not list(runs.glob("*.json"))  # killed inside the training every time
+    done = subprocess.run(proc.args, capture_output=True, text=True, timeout=300)
+    assert "trained 2, failed 0, already done 0" in done.stdout, done.stderr
+    stored = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}
+    twins = {p.stem: json.loads(p.read_text()) for p in (tmp_path / "twin" / "tiny" / "runs").glob("*.json")}
+    assert sorted(stored) == sorted(twins)
+    for run_id, record in stored.items():
+        resumed = record["resumed_after_epochs"]
+        assert len(resumed) == 3 and resumed == sorted(resumed)
+        for key in ("test", "best_epoch", "epochs_trained"):
+            assert record[key] == twins[run_id][key]
+        assert [{k: v for k, v in row.items() if k != "seconds"} for row in record["history"]] == \
+            [{k: v for k, v in row.items() if k != "seconds"} for row in twins[run_id]["history"]]
+    assert not list(checkpoints.glob("*")) and not list(runs.glob("*.lock"))

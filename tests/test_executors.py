@@ -658,3 +658,31 @@ def test_local_workers_live_across_runs_of_one_executor(write_grid, tmp_path):
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == 0
+
+
+def test_ctrl_c_mid_training_resumes_from_its_checkpoint(write_grid, tmp_path, monkeypatch):
+    """Ctrl-C at the end of epoch 3 of a shared training: the next run continues from that epoch (no
+    claim or record left meanwhile), its records equal an uninterrupted run's, and the checkpoint goes."""
+    grid = load_grid(write_grid(MEASURED.replace("epochs = 2", "epochs = 6")), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    options = replace(OPTIONS, checkpoint_seconds=0)
+    run_grids([grid], tmp_path / "twin", options)
+    real = executors.train_cells
+
+    def interrupted(configs, data, device, execution, on_epoch, checkpoint):
+        def stop(row):
+            if row["epoch"] == 3:
+                raise KeyboardInterrupt
+        return real(configs, data, device, execution, stop, checkpoint)
+    monkeypatch.setattr(executors, "train_cells", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_grids([grid], tmp_path / "res", options)
+    store = ResultStore(tmp_path / "res", grid.name)
+    assert store.records() == {} and not list(store.runs_dir.glob("*.lock"))
+    assert [p.stem for p in (store.dir / "checkpoints").iterdir()] == [grid.cells[0].config.training_id]
+    monkeypatch.setattr(executors, "train_cells", real)
+    assert run_grids([grid], tmp_path / "res", options).trained == 4
+    twin = ResultStore(tmp_path / "twin", grid.name).records()
+    for run_id, record in store.records().items():
+        assert record["resumed_after_epochs"] == [3] and "resumed_after_epochs" not in twin[run_id]
+        assert strip_timing(record) == strip_timing(twin[run_id])
+    assert not list((store.dir / "checkpoints").iterdir())

@@ -13,7 +13,7 @@ import ablatrix
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
-from ablatrix.train import (OPTIMIZERS, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
+from ablatrix.train import (OPTIMIZERS, Checkpoint, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
                             recompute_batchnorm, train_cells, train_run)
 
 CPU = torch.device("cpu")
@@ -270,3 +270,35 @@ def test_cells_of_different_trainings_are_refused_by_train_cells(digits):
     """A seed (or any training field) apart: not one training."""
     with pytest.raises(ValueError, match="one training"):
         train_cells([config(0, patience=0), config(1, patience=0)], digits, CPU)
+
+
+class Stop(Exception):
+    """Stands for a kill at the end of an epoch."""
+
+
+@pytest.mark.parametrize("train, model, kills", [
+    ({"patience": 0, "restore_best": False}, {"dropout": 0.3, "batchnorm": True}, [2, 5]),  # dropout and BatchNorm
+    ({"patience": 2, "restore_best": True, "epochs": 60}, {}, [3]),  # early stopping, best weights
+    ({"patience": 0, "schedule": "StepLR", "schedule_args": {"step_size": 2}, "warmup_epochs": 1,
+      "optimizer": "sgd"}, {"dropout": 0.2}, [1, 4]),
+])
+def test_a_training_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path, train, model, kills):
+    """Stopped after epochs `kills` and resumed from its checkpoint each time, a training ends with the
+    history, best epoch, test metrics and weights of its uninterrupted twin, and says where it resumed."""
+    params = resolve_params("convnet", {"conv": [4], "fc": [16], **model})
+    cfg = RunConfig("digits", 0, ModelConfig("convnet", params), TrainConfig(**{"epochs": 7, "lr": 0.05, **train}))
+    configs = [cfg, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_mode="train"))] \
+        if not cfg.train.patience else [cfg]
+    (twin, *_), twin_weights = train_cells(configs, digits, CPU)
+    checkpoint = Checkpoint(tmp_path / "ckpt.pt")
+    for kill in kills:
+        def stop(row, kill=kill):
+            if row["epoch"] == kill:
+                raise Stop
+        with pytest.raises(Stop):
+            train_cells(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
+        assert torch.load(checkpoint.path, weights_only=True)["epoch"] == kill
+    (resumed, *_), weights = train_cells(configs, digits, CPU, checkpoint=checkpoint)
+    assert resumed.pop("resumed_after_epochs") == kills
+    assert _without_seconds(resumed) == _without_seconds(twin)
+    assert all(torch.equal(weights[n][k], twin_weights[n][k]) for n in twin_weights for k in twin_weights[n])

@@ -66,11 +66,15 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
                                     f"it takes {', '.join(flags[args.executor])}")
     if args.max_retries < 0:
         raise AblatrixError("--max-retries takes an integer >= 0")
+    if args.checkpoint_seconds < 0:
+        raise AblatrixError("--checkpoint-seconds takes a number >= 0")
     pack = 1 if args.pack is None else 0 if args.pack == "auto" else int(args.pack) if args.pack.isdigit() else 0
     if pack < 1 and args.pack != "auto":
         raise AblatrixError(f"--pack {args.pack}: expected an integer >= 1 or auto")
     common = dict(data_root=data_root(args.data_dir), fp32=args.fp32, compile=args.compile, pack=pack,
-                  executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries)
+                  executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries,
+                  checkpoint_seconds=args.checkpoint_seconds,
+                  checkpoint_dir=args.checkpoint_dir and args.checkpoint_dir.resolve())
     if args.executor == "ray":
         gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
         cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
@@ -210,6 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--max-retries", type=int, default=2, metavar="N",
                               help="train a cell again up to N times when its worker process or "
                                    "Ray node dies (default 2)")
+            verb.add_argument("--checkpoint-seconds", type=float, default=10.0, metavar="S",
+                              help="write a training's epoch checkpoint at most every S seconds (0: every "
+                                   "epoch; default 10); a stopped training resumes from it")
+            verb.add_argument("--checkpoint-dir", type=Path, metavar="DIR",
+                              help="where epoch checkpoints go (default: the results folder; with Ray, a "
+                                   "folder every node sees, else a lost cell starts again)")
             verb.add_argument("--fp32", action="store_true",
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")

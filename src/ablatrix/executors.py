@@ -39,7 +39,7 @@ from .spec import Cell, Grid, import_plugins
 from .config import SCHEMA
 from .store import ResultStore, environment
 from .packed import pack_key, pack_size, train_pack
-from .train import Execution, train_cells
+from .train import Checkpoint, Execution, train_cells
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,11 @@ class RunOptions:
     retry_failed: bool = False  # train cells whose record says `failed` again
     max_retries: int = 2  # times a cell is trained again after its worker process or node died
     pack: int = 1  # local: train up to this many cells of one shape as one fused model; 0: auto
+    # Epoch checkpoints: written at most every `checkpoint_seconds` (0: every epoch) under
+    # `checkpoint_dir`/<grid>/ (default: the results folder's <grid>/checkpoints/ with the local
+    # executor; none with Ray unless a folder every node sees is given).
+    checkpoint_seconds: float = 10.0
+    checkpoint_dir: Path | None = None
 
     @property
     def execution(self) -> Execution:
@@ -182,9 +187,20 @@ def _training(cells: Sequence[Cell], wall: float) -> dict[str, Any]:
     return {"id": cells[0].config.training_id, "cells": [c.run_id for c in cells], "wall_seconds": wall}
 
 
+def unit_checkpoint(cells: Sequence[Cell], store: ResultStore | None, options: RunOptions) -> Path | None:
+    """Where the training of a unit keeps its epoch checkpoint; None for a pack (packs restart) or
+    where there is no such folder (a Ray task without --checkpoint-dir: `store` is None there)."""
+    if len({c.config.training_id for c in cells}) != 1:
+        return None
+    name = f"{cells[0].config.training_id}.pt"
+    if options.checkpoint_dir is not None:
+        return options.checkpoint_dir / cells[0].grid / name
+    return None if store is None else store.dir / "checkpoints" / name
+
+
 def run_training(cells: Sequence[Cell], options: RunOptions,
                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
-                 earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+                 earlier: Sequence[Sequence[str]] = (), checkpoint: Path | None = None) -> list[dict[str, Any]]:
     """Train the cells of one training once and measure each its own way; one full record per
     cell, status `done` or `failed` with the reason (a failed training fails every cell of it).
 
@@ -196,7 +212,8 @@ def run_training(cells: Sequence[Cell], options: RunOptions,
     try:
         data = load_splits(cells[0].config.dataset, cells[0].config.train.val_fraction, options.device,
                            options.data_root, cells[0].config.train.standardize)
-        results, weights = train_cells([c.config for c in cells], data, options.device, execution, on_epoch)
+        results, weights = train_cells([c.config for c in cells], data, options.device, execution, on_epoch,
+                                       checkpoint and Checkpoint(checkpoint, options.checkpoint_seconds))
         for record, result in zip(records, results):
             record.update(result, status="done", weights={result["tested"]["weights"]: weights[result["tested"]["weights"]]})
     except Exception as exc:  # any failure of one training is recorded and the grid goes on
@@ -245,11 +262,11 @@ def run_pack(cells: Sequence[Cell], options: RunOptions,
 
 def run_unit(cells: Sequence[Cell], options: RunOptions,
              on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
-             earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
-    """Train a unit (`units`): the cells of one training, or a pack. `on_epoch(b, row)`: b is the
-    member whose epoch ended (the whole training's: 0)."""
+             earlier: Sequence[Sequence[str]] = (), checkpoint: Path | None = None) -> list[dict[str, Any]]:
+    """Train a unit (`units`): the cells of one training (resumed from `checkpoint` where it holds
+    one), or a pack. `on_epoch(b, row)`: b is the member whose epoch ended (the whole training's: 0)."""
     if len({c.config.training_id for c in cells}) == 1:
-        return run_training(cells, options, lambda row: on_epoch(0, row), earlier)
+        return run_training(cells, options, lambda row: on_epoch(0, row), earlier, checkpoint)
     return run_pack(cells, options, on_epoch, earlier)
 
 
@@ -293,8 +310,11 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
                 for cell, store, _ in (claimed if shared else [claimed[b]]):
                     store.heartbeat(cell.run_id)
                 on_epoch(row)
-            records = run_unit([job[0] for job in claimed], options, beat, [job[2] for job in claimed])
+            checkpoint = unit_checkpoint([job[0] for job in claimed], claimed[0][1], options)
+            records = run_unit([job[0] for job in claimed], options, beat, [job[2] for job in claimed], checkpoint)
             statuses += [store_record(cell, store, record) for (cell, store, _), record in zip(claimed, records)]
+            if checkpoint is not None:
+                checkpoint.unlink(missing_ok=True)  # the records hold it all now
     finally:
         for cell, store, _ in claimed:
             store.release(cell.run_id)
@@ -510,7 +530,7 @@ def _ray_unit(cells: Sequence[Cell], options: RunOptions, earlier: Sequence[tupl
     prepare_worker(options)
     torch.set_num_threads(options.cpus_per_run)
     options = replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu"))
-    records = run_unit(cells, options, earlier=earlier)
+    records = run_unit(cells, options, earlier=earlier, checkpoint=unit_checkpoint(cells, None, options))
     for record in records:
         record["execution"].update(host=socket.gethostname(), node_id=ray.get_runtime_context().get_node_id())
     return records
@@ -652,6 +672,8 @@ def run_ray(todo: Todo, options: RunOptions, owned: bool) -> Summary:
                         store.release(cell.run_id)
                         held.discard(cell.run_id)
                         bar.update()
+                    if unit and (path := unit_checkpoint([job[0] for job in unit], None, options)):
+                        path.unlink(missing_ok=True)  # the records hold it all now
                 if time.monotonic() - renewed > HEARTBEAT_SECONDS:
                     renewed = time.monotonic()
                     for unit in running.values():

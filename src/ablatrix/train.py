@@ -8,8 +8,10 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 import torch
@@ -281,6 +283,7 @@ class Fitted:
     history: dict[str, list[dict[str, float]]]  # by mode: shared training columns, that mode's val
     best_epoch: dict[str, int]
     best_state: dict[str, dict[str, torch.Tensor]]
+    resumed: list[int]  # epochs after which a stopped training was resumed from its checkpoint
 
     def weights(self, cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor]]:
         """Which weights a measurement with `cfg` tests ("best" or "final") and the weights."""
@@ -293,15 +296,46 @@ def _state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a training keeps its state between epochs, and how often it writes it.
+
+    The state is everything the next epoch depends on (weights, optimiser, schedule, gradient
+    scaler, the global and batch-order random generators, early stopping, best weights, history),
+    so a training resumed from it continues exactly as if it had not stopped. It is written at
+    the end of an epoch once `every_seconds` have passed since the last write (0: every epoch).
+    """
+
+    path: Path
+    every_seconds: float = 0.0
+
+    def load(self, training_id: str) -> dict[str, Any] | None:
+        try:
+            state = torch.load(self.path, map_location="cpu", weights_only=True)
+        except FileNotFoundError:
+            return None
+        except Exception:  # a truncated write cannot happen (atomic), but a foreign file can
+            return None
+        return state if state.get("training_id") == training_id else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)
+
+
 def fit_measured(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
                  on_epoch: Callable[[dict[str, float]], None] = lambda row: None,
-                 modes: Sequence[str] = (), restore: Sequence[str] = ()) -> Fitted:
+                 modes: Sequence[str] = (), restore: Sequence[str] = (),
+                 checkpoint: Checkpoint | None = None) -> Fitted:
     """Train `config` once, validating after each epoch in its own eval mode and in `modes`.
 
     Early stopping and ReduceLROnPlateau read the config's own mode; other modes are allowed only
     without them, so they see the very training the config alone would. `restore` names the modes
     whose best weights are kept. Evaluating never touches the training's random state or weights
     (`evaluate` works on copies and forks the generator), so the training is that of a plain run.
+    With a `checkpoint`, a training that stopped part-way continues from its last saved epoch.
     """
     cfg = config.train
     modes = list(dict.fromkeys((cfg.eval_mode, *modes)))
@@ -327,7 +361,22 @@ def fit_measured(config: RunConfig, data: Splits, device: torch.device, executio
     history: dict[str, list[dict[str, float]]] = {mode: [] for mode in modes}
     best_loss, best_epoch = dict.fromkeys(modes, math.inf), dict.fromkeys(modes, 0)
     best_state: dict[str, dict[str, torch.Tensor]] = {}
-    for epoch in range(1, cfg.epochs + 1):
+    resumed: list[int] = []  # the epochs this training was resumed after
+    state = checkpoint.load(config.training_id) if checkpoint else None
+    if state is not None and (state["modes"], state["restore"]) == (modes, sorted(restore)):
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+        if schedule:
+            schedule.load_state_dict(state["schedule"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        batch_order.set_state(state["batch_order"])
+        history, best_loss, best_epoch, best_state = (state[k] for k in ("history", "best_loss", "best_epoch", "best_state"))
+        resumed = [*state["resumed"], state["epoch"]]
+    last_save = time.monotonic()
+    for epoch in range(len(history[cfg.eval_mode]) + 1, cfg.epochs + 1):
         started = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]  # the rate this epoch starts with
         model.train()
@@ -365,10 +414,20 @@ def fit_measured(config: RunConfig, data: Splits, device: torch.device, executio
         own_loss = val[cfg.eval_mode][0]
         if schedule and not per_batch:
             schedule.step(own_loss) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
+        if checkpoint and epoch < cfg.epochs and time.monotonic() - last_save >= checkpoint.every_seconds:
+            checkpoint.save({"training_id": config.training_id, "epoch": epoch, "modes": modes,
+                             "restore": sorted(restore), "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                             "schedule": schedule.state_dict() if schedule else {},
+                             "rng": torch.get_rng_state(), "batch_order": batch_order.get_state(),
+                             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                             "history": history, "best_loss": best_loss, "best_epoch": best_epoch,
+                             "best_state": best_state, "resumed": resumed})
+            last_save = time.monotonic()
         on_epoch(history[cfg.eval_mode][-1])
         if best_epoch[cfg.eval_mode] != epoch and cfg.patience and epoch - best_epoch[cfg.eval_mode] >= cfg.patience:
             break
-    return Fitted(model, step_model, _state(model), history, best_epoch, best_state)
+    return Fitted(model, step_model, _state(model), history, best_epoch, best_state, resumed)
 
 
 def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
@@ -383,7 +442,7 @@ def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execut
 
 
 def train_cells(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
-                on_epoch: Callable[[dict[str, float]], None] = lambda row: None
+                on_epoch: Callable[[dict[str, float]], None] = lambda row: None, checkpoint: Checkpoint | None = None
                 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, torch.Tensor]]]:
     """Train once for configs that share a training id (`RunConfig.training_id`: they differ only
     in how the trained model is measured) and measure each its own way.
@@ -396,7 +455,7 @@ def train_cells(configs: Sequence[RunConfig], data: Splits, device: torch.device
         raise ValueError("train_cells takes configs of one training")
     first = configs[0]
     fitted = fit_measured(first, data, device, execution, on_epoch, [c.train.eval_mode for c in configs],
-                          [c.train.eval_mode for c in configs if c.train.restore_best])
+                          [c.train.eval_mode for c in configs if c.train.restore_best], checkpoint)
     results, weights = [], {}
     for config in configs:
         mode = config.train.eval_mode
@@ -410,6 +469,7 @@ def train_cells(configs: Sequence[RunConfig], data: Splits, device: torch.device
                         "history": history, "best_epoch": fitted.best_epoch[mode], "epochs_trained": len(history),
                         "tested": {"weights": name, "epoch": fitted.best_epoch[mode] if which == "best" else len(history),
                                    "eval_mode": mode},
+                        **({"resumed_after_epochs": fitted.resumed} if fitted.resumed else {}),
                         "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)})
     return results, weights
 
