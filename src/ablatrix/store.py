@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import io
 import json
 import os
 import platform
@@ -52,19 +53,30 @@ def _temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
     return fd, tmp
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write `text` to `path` so that readers see the old file or the new one, never a part."""
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         os.unlink(tmp)
         raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_torch_save(path: Path, obj: Any) -> None:
+    """`torch.save(obj, path)`, atomically (`atomic_write_bytes`)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 STALE_SECONDS = 600  # a claim from another host with no heartbeat for this long is abandoned
@@ -113,20 +125,9 @@ class ResultStore:
 
     def put_weights(self, training_id: str, weights: dict[str, dict[str, torch.Tensor]]) -> None:
         """Add a training's tested weights to its file (a later cell of the same training adds its own)."""
-        path = self.weights_path(training_id)
-        merged = {**self.get_weights(training_id), **{name: {k: v.cpu() for k, v in state.items()}
-                                                      for name, state in weights.items()}}
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(merged, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        atomic_torch_save(self.weights_path(training_id), {
+            **self.get_weights(training_id), **{name: {k: v.cpu() for k, v in state.items()}
+                                                for name, state in weights.items()}})
 
     def get_weights(self, training_id: str) -> dict[str, dict[str, torch.Tensor]]:
         """The stored weights of a training by name; {} if none were stored (or the file is unreadable)."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from .data import AUGMENTATIONS, Splits
 from .errors import AblatrixError
 from .models import create_model
 from .registry import Registry
+from .store import atomic_torch_save
 
 # Optimisers by name: the registry's own (a plugin adds one with `register_optimizer`), else any
 # torch.optim class. The three built-in names keep their train fields (and so their run ids).
@@ -319,10 +319,7 @@ class Checkpoint:
         return state if state.get("training_id") == training_id else None
 
     def save(self, state: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)
+        atomic_torch_save(self.path, state)
 
 
 def fit_measured(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
