@@ -319,7 +319,11 @@ class Checkpoint:
         return state if state.get("training_id") == training_id else None
 
     def save(self, state: dict[str, Any]) -> None:
-        atomic_torch_save(self.path, state)
+        # Not fsynced: a checkpoint only saves time, and waiting for the disk (about 0.3 s for the
+        # 14 MB of the 1.1M CNN) cost 4.6% of its training when written every epoch. A kill
+        # leaves the old checkpoint or the new one; a power cut at worst an unreadable one, which
+        # `load` ignores (the training starts again).
+        atomic_torch_save(self.path, state, durable=False)
 
 
 def fit_measured(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
