@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import random
 import re
 import os
@@ -12,6 +13,8 @@ import time
 
 import pandas as pd
 import pytest
+
+import ablatrix
 
 from ablatrix.cli import main
 
@@ -233,3 +236,20 @@ def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(w
         assert [{k: v for k, v in row.items() if k != "seconds"} for row in record["history"]] == \
             [{k: v for k, v in row.items() if k != "seconds"} for row in twins[run_id]["history"]]
     assert not list(checkpoints.glob("*")) and not list(runs.glob("*.lock"))
+
+
+@pytest.mark.parametrize("verb, page", [("list", "running"), ("run", "running"), ("report", "reports"),
+                                        ("export", "exporters"), ("fetch", "datasets")])
+def test_each_verb_says_what_it_does_and_where_its_docs_are(verb, page, capsys):
+    """`ablatrix VERB --help` names its docs page, and that page exists."""
+    with pytest.raises(SystemExit):
+        main([verb, "--help"])
+    assert f"Docs: docs/{page}.md" in " ".join(capsys.readouterr().out.split())
+    assert (Path(__file__).resolve().parents[1] / "docs" / f"{page}.md").exists()
+
+
+def test_version(capsys):
+    """`ablatrix --version` prints the installed version."""
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out.strip() == f"ablatrix {ablatrix.__version__}"

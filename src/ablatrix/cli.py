@@ -9,6 +9,7 @@ from typing import Sequence
 import torch
 from tabulate import tabulate
 
+from . import __version__
 from .errors import AblatrixError
 from .data import DATASETS, data_root
 from .adaptive import run_until_decided
@@ -168,14 +169,17 @@ DATA_DIR_HELP = "dataset folder (default: $ABLATRIX_DATA, else ~/.cache/ablatrix
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ablatrix", description=__doc__)
+    parser = argparse.ArgumentParser(prog="ablatrix", description="Declarative ablation grids for small neural "
+                                     "networks: train every cell, report with error bars. Docs: docs/index.md")
+    parser.add_argument("--version", action="version", version=f"ablatrix {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
-    for name, func, text in (("list", cmd_list, "show every cell of the grids; trains nothing"),
-                             ("status", cmd_status, "count done, failed, running and pending cells"),
-                             ("run", cmd_run, "train every cell that has no finished record"),
-                             ("report", cmd_report, "rewrite tables and REPORT.md from stored runs"),
-                             ("export", cmd_export, "copy stored runs to TensorBoard or MLflow; trains nothing")):
-        verb = verbs.add_parser(name, help=text, description=text)
+    for name, func, text, page in (
+            ("list", cmd_list, "show every cell of the grids; trains nothing", "running"),
+            ("status", cmd_status, "count done, failed, running and pending cells", "running"),
+            ("run", cmd_run, "train every cell that has no finished record", "running"),
+            ("report", cmd_report, "rewrite tables and REPORT.md from stored runs", "reports"),
+            ("export", cmd_export, "copy stored runs to TensorBoard or MLflow; trains nothing", "exporters")):
+        verb = verbs.add_parser(name, help=text, description=f"{text}. Docs: docs/{page}.md")
         verb.set_defaults(func=func)
         verb.add_argument("grids", nargs="+", type=Path, metavar="GRID", help="grid file (TOML)")
         verb.add_argument("--results", type=Path, default=Path("results"),
@@ -231,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--cpus-per-run", type=int, metavar="N",
                               help="ray: CPUs each cell asks for, also its torch threads (default 1)")
     fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",
-                             description="download datasets into the data folder, where possible")
+                             description="download datasets into the data folder, where possible. Docs: docs/datasets.md")
     fetch.set_defaults(func=cmd_fetch)
     fetch.add_argument("datasets", nargs="+", metavar="DATASET")
     fetch.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
