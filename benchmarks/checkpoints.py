@@ -7,7 +7,8 @@ Each model trains `--epochs` epochs on the same data (train_loop.py's: Fashion-M
 installed, else random 28x28 images) (a) without checkpoints, (b) with one written after every
 epoch (`--checkpoint-seconds 0`, the most often there is), (c) with `run`'s default (at most every
 10 s), interleaved a, b, c, a, b, c; each one's fastest run counts. The checkpoint goes to a
-temporary folder. The last line is JSON: b/a and c/a per model.
+temporary folder. Then one checkpoint of each is written 5 times, to time a write against an
+epoch. The last line is JSON: b/a, c/a and the write's share of an epoch per model.
 """
 from __future__ import annotations
 
@@ -52,10 +53,18 @@ def main() -> None:
                     fit_measured(config, data, torch.device("cpu"), checkpoint=checkpoint)
                     best[way] = min(best[way], time.perf_counter() - start)
             size = (Path(tmp) / "every.pt").stat().st_size
+            state = torch.load(Path(tmp) / "every.pt", weights_only=True)
+            start = time.perf_counter()
+            for _ in range(5):
+                ways["every epoch"].save(state)
+            save = (time.perf_counter() - start) / 5
+            epoch = best["none"] / args.epochs
             ratios[name] = {"every_epoch_over_none": round(best["every epoch"] / best["none"], 4),
-                            "default_over_none": round(best["default"] / best["none"], 4)}
+                            "default_over_none": round(best["default"] / best["none"], 4),
+                            "save_seconds": round(save, 4), "save_over_epoch": round(save / epoch, 4)}
             print(f"{name}: none {best['none']:.2f} s, every epoch {best['every epoch']:.2f} s, default "
-                  f"{best['default']:.2f} s for {args.epochs} epochs; checkpoint {size / 1e6:.1f} MB")
+                  f"{best['default']:.2f} s for {args.epochs} epochs; checkpoint {size / 1e6:.1f} MB, "
+                  f"written in {save * 1000:.0f} ms ({100 * save / epoch:.2f}% of an epoch)")
     print(f"{source}, {args.samples} samples, torch {torch.__version__}, {torch.get_num_threads()} threads")
     print(json.dumps(ratios))
 

@@ -187,10 +187,15 @@ def _training(cells: Sequence[Cell], wall: float) -> dict[str, Any]:
     return {"id": cells[0].config.training_id, "cells": [c.run_id for c in cells], "wall_seconds": wall}
 
 
+def one_training(cells: Sequence[Cell]) -> bool:
+    """Whether a unit's cells are the measurements of one training (else they are a pack)."""
+    return len({c.config.training_id for c in cells}) == 1
+
+
 def unit_checkpoint(cells: Sequence[Cell], store: ResultStore | None, options: RunOptions) -> Path | None:
     """Where the training of a unit keeps its epoch checkpoint; None for a pack (packs restart) or
     where there is no such folder (a Ray task without --checkpoint-dir: `store` is None there)."""
-    if len({c.config.training_id for c in cells}) != 1:
+    if not one_training(cells):
         return None
     name = f"{cells[0].config.training_id}.pt"
     if options.checkpoint_dir is not None:
@@ -265,7 +270,7 @@ def run_unit(cells: Sequence[Cell], options: RunOptions,
              earlier: Sequence[Sequence[str]] = (), checkpoint: Path | None = None) -> list[dict[str, Any]]:
     """Train a unit (`units`): the cells of one training (resumed from `checkpoint` where it holds
     one), or a pack. `on_epoch(b, row)`: b is the member whose epoch ended (the whole training's: 0)."""
-    if len({c.config.training_id for c in cells}) == 1:
+    if one_training(cells):
         return run_training(cells, options, lambda row: on_epoch(0, row), earlier, checkpoint)
     return run_pack(cells, options, on_epoch, earlier)
 
@@ -304,14 +309,14 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
     statuses = ["elsewhere"] * (len(unit) - len(claimed))
     try:
         if claimed:
-            shared = len({job[0].config.training_id for job in claimed}) == 1
+            cells = [job[0] for job in claimed]
 
             def beat(b: int, row: dict[str, float]) -> None:
-                for cell, store, _ in (claimed if shared else [claimed[b]]):
+                for cell, store, _ in (claimed if one_training(cells) else [claimed[b]]):
                     store.heartbeat(cell.run_id)
                 on_epoch(row)
-            checkpoint = unit_checkpoint([job[0] for job in claimed], claimed[0][1], options)
-            records = run_unit([job[0] for job in claimed], options, beat, [job[2] for job in claimed], checkpoint)
+            checkpoint = unit_checkpoint(cells, claimed[0][1], options)
+            records = run_unit(cells, options, beat, [job[2] for job in claimed], checkpoint)
             statuses += [store_record(cell, store, record) for (cell, store, _), record in zip(claimed, records)]
             if checkpoint is not None:
                 checkpoint.unlink(missing_ok=True)  # the records hold it all now
@@ -370,9 +375,8 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
 def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
     statuses = []
     for unit in units(todo, options):
-        shared = len({job[0].config.training_id for job in unit}) == 1
-        bar.set_description(unit[0][0].label() + (
-            f" and {len(unit) - 1} more, {'one training' if shared else 'packed'}" if len(unit) > 1 else ""))
+        kind = "one training" if one_training([job[0] for job in unit]) else "packed"
+        bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, {kind}" if len(unit) > 1 else ""))
         statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
             epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
         bar.update(len(unit))
