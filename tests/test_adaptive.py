@@ -50,7 +50,7 @@ def stub_trainer(monkeypatch):
     """Replace training with known accuracies (a test double); `calls` lists the run ids trained."""
     calls, settings = [], {"effect_05": 0.0, "noise": 1.0, "interrupt_at": None}
 
-    def train(configs, data, device, execution, on_epoch):
+    def train(configs, data, device, execution, on_epoch, checkpoint):
         (config,) = configs  # no grid here shares a training between cells
         if len(calls) == settings["interrupt_at"]:
             raise KeyboardInterrupt

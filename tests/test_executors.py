@@ -686,3 +686,34 @@ def test_ctrl_c_mid_training_resumes_from_its_checkpoint(write_grid, tmp_path, m
         assert record["resumed_after_epochs"] == [3] and "resumed_after_epochs" not in twin[run_id]
         assert strip_timing(record) == strip_timing(twin[run_id])
     assert not list((store.dir / "checkpoints").iterdir())
+
+
+def test_a_failed_shared_training_fails_its_cells_and_retry_failed_trains_them_once(write_grid, tmp_path,
+                                                                                  counting_train):
+    """An exception in a shared training fails each of its 4 cells with the reason; --retry-failed
+    trains them again as one training."""
+    calls, fail_on = counting_train
+    grid = load_grid(write_grid(MEASURED), ["seeds=[0]"])
+    fail_on[1] = RuntimeError("simulated")
+    assert run_grids([grid], tmp_path, OPTIONS).failed == 4
+    failed = [r for r in ResultStore(tmp_path, grid.name).records().values() if r["status"] == "failed"]
+    assert len(failed) == 4 and {r["error"] for r in failed} == {"RuntimeError: simulated"}
+    summary = run_grids([grid], tmp_path, replace(OPTIONS, retry_failed=True))
+    assert (summary.trained, summary.trainings, len(calls)) == (4, 1, 3)
+
+
+def test_a_damaged_record_retrains_only_its_cell(write_grid, tmp_path, counting_train):
+    """A damaged record of one cell of a shared training is set aside; the next run trains that cell
+    alone and leaves the other three records as they are."""
+    calls, _ = counting_train
+    grid = load_grid(write_grid(MEASURED), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    run_grids([grid], tmp_path, OPTIONS)
+    store = ResultStore(tmp_path, grid.name)
+    before = store.records()
+    damaged = grid.cells[1].run_id
+    store.path(damaged).write_text("{truncated")
+    summary = run_grids([grid], tmp_path, OPTIONS)
+    assert (summary.trained, summary.trainings, len(calls)) == (1, 1, 2)
+    after = store.records()
+    assert all(after[k] == v for k, v in before.items() if k != damaged)
+    assert strip_timing(after[damaged]) == strip_timing(before[damaged]) and store.damaged()
