@@ -426,3 +426,34 @@ def test_worker_processes_read_data_named_by_path(write_grid, tmp_path, capsys):
     assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--workers", "2"]) == 0
     assert "trained 2, failed 0" in capsys.readouterr().out
     DATASETS.pop("npz:a.npz")
+
+
+def test_a_torchvision_dataset_by_name_reads_its_files_and_trains(write_grid, tmp_path, capsys):
+    """`torchvision:KMNIST` is checked at grid load (shape, class names) and read by torchvision from
+    the data folder (files generated in its on-disk format), official test split as the test set."""
+    make_idx_set(tmp_path / "data" / "KMNIST" / "raw", n_train=200, n_test=20, gz=False)
+    grid = write_grid(SOURCE_GRID.format(dataset="torchvision:KMNIST"))
+    try:
+        assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--data-dir", str(tmp_path / "data")]) == 0
+        info = DATASETS["torchvision:KMNIST"]
+        assert info.classes[:2] == ("o", "ki") and info.input_shape == (1, 28, 28)
+        assert int(info.load(tmp_path / "data").is_test.sum()) == 20
+        (record,) = ResultStore(tmp_path / "out", "byo").records().values()
+        assert record["status"] == "done" and record["config"]["data"] == ""
+    finally:
+        DATASETS.pop("torchvision:KMNIST", None)
+
+
+@pytest.mark.parametrize("dataset, message", [
+    ("torchvision:KMNIST", "not found in"),  # its files are not there
+    ("torchvision:ImageNet", "choose from: torchvision:KMNIST"),
+])
+def test_a_torchvision_dataset_that_cannot_be_had_is_one_line(write_grid, tmp_path, capsys, dataset, message):
+    """An unsupported class, or missing files, is exit 2 with one line, before anything is written."""
+    grid = write_grid(SOURCE_GRID.format(dataset=dataset))
+    try:
+        assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--data-dir", str(tmp_path)]) == 2
+    finally:
+        DATASETS.pop(dataset, None)
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()

@@ -12,6 +12,7 @@ from tabulate import tabulate
 from . import __version__
 from .errors import AblatrixError
 from .data import DATASETS, data_root
+from .datasets import register_torchvision
 from .adaptive import run_until_decided
 from .export import EXPORTERS
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
@@ -147,6 +148,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     root = data_root(args.data_dir)
+    for name in args.datasets:
+        if name.startswith("torchvision:"):
+            register_torchvision(name)
     infos = [DATASETS.lookup(name) for name in args.datasets]
     for info in infos:
         if info.download is None:

@@ -485,3 +485,57 @@ def folder_source(path: Path, options: dict[str, str]) -> tuple[Labelled, tuple[
     x = torch.from_numpy(np.stack([np.asarray(im, dtype=np.uint8) for im in images]))
     x = x.unsqueeze(1) if mode == "L" else x.permute(0, 3, 1, 2)
     return _labelled(x.float().div_(255), np.array(labels), None), classes
+
+
+# torchvision's datasets by class name ("torchvision:KMNIST"): input shape and class count, known
+# before their files are (a grid is checked before anything is fetched or read). Their files are
+# read by torchvision from the data folder; `ablatrix fetch torchvision:NAME` downloads them.
+TORCHVISION = {"KMNIST": ((1, 28, 28), 10), "USPS": ((1, 16, 16), 10), "SVHN": ((3, 32, 32), 10),
+               "CIFAR100": ((3, 32, 32), 100), "STL10": ((3, 96, 96), 10)}
+SPLIT_ARGUMENT = ("SVHN", "STL10")  # these take split="train" / "test", the others train=True / False
+
+
+def _split(cls_name: str, train: bool) -> dict[str, Any]:
+    return {"split": "train" if train else "test"} if cls_name in SPLIT_ARGUMENT else {"train": train}
+
+
+def register_torchvision(name: str) -> None:
+    """Register "torchvision:NAME" (once per process); its official test split is the test set."""
+    cls_name = name.partition(":")[2]
+    if cls_name not in TORCHVISION:
+        raise AblatrixError(f"dataset {name!r}: choose from: {', '.join(f'torchvision:{n}' for n in TORCHVISION)}")
+    if name in DATASETS:
+        return
+    import torchvision.datasets as tvd
+    cls = getattr(tvd, cls_name)
+    shape, count = TORCHVISION[cls_name]
+    names = getattr(cls, "classes", None)  # a class attribute for some (KMNIST), read from the files for others
+    classes = tuple(names) if isinstance(names, list) else tuple(str(i) for i in range(count))
+
+    def part(root: Path, train: bool) -> tuple[torch.Tensor, np.ndarray]:
+        try:
+            data = cls(str(root), download=False, **_split(cls_name, train))
+        except (RuntimeError, OSError) as exc:
+            raise AblatrixError(f"dataset {name!r} not found in {root} ({exc}); run "
+                                f"`ablatrix fetch {name} --data-dir {root}`") from None
+        labels = data.targets if hasattr(data, "targets") else data.labels
+        return _images(name, np.asarray(data.data)), np.asarray(labels, dtype=np.int64)
+
+    def download(root: Path) -> None:
+        for train in (True, False):
+            cls(str(root), download=True, **_split(cls_name, train))
+
+    @register_dataset(name, shape, classes, f"torchvision's {cls_name}, its official test split", download=download)
+    def load(root: Path) -> Labelled:
+        (x, y), (x_test, y_test) = part(root, True), part(root, False)
+        return Labelled(torch.cat([x, x_test]), torch.from_numpy(np.concatenate([y, y_test])),
+                        torch.arange(len(y) + len(y_test)) >= len(y))
+
+
+def register_named(name: str, path: str) -> str:
+    """Register a dataset named by kind ("npz:", "folder:" at `path`, or "torchvision:"); return the
+    content hash that goes into its runs' ids ("" for torchvision's published sets)."""
+    if name.startswith("torchvision:"):
+        register_torchvision(name)
+        return ""
+    return register_source(name, Path(path))

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from .data import DATASETS, load_splits
-from .datasets import register_source
+from .datasets import register_named
 from .errors import AblatrixError
 from .registry import Registry
 from .spec import Cell, Grid, import_plugins
@@ -714,7 +714,7 @@ def prepare_worker(options: RunOptions) -> None:
     built-in registries."""
     import_plugins(options.plugins)
     for name, path in options.sources:
-        register_source(name, Path(path))
+        register_named(name, path)
 
 
 def executor_for(grids: Sequence[Grid], options: RunOptions) -> LocalExecutor | RayExecutor:

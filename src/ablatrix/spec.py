@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from .config import ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS
-from .datasets import SOURCES, parse_source, register_source
+from .datasets import SOURCES, parse_source, register_named
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
 from .stats import CONFIDENCE, MARGIN
@@ -100,7 +100,7 @@ class Grid:
     report: ReportSettings = ReportSettings()
     extra_seeds: tuple[int, ...] = ()  # seeds `run --until-decided` may add, up to max_seeds in all
     extra_cells: tuple[Cell, ...] = ()  # the cells of those seeds: trained only where needed
-    sources: tuple[tuple[str, str], ...] = ()  # datasets named by path: (name, absolute path), for workers
+    sources: tuple[tuple[str, str], ...] = ()  # datasets named by kind: (name, absolute path or ""), for workers
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -261,15 +261,15 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     sources, hashes = {}, {}
     for dataset in datasets:
         source = parse_source(dataset)
-        if source is not None:
-            sources[dataset] = str((path.parent / source[1]).resolve())
+        if source is not None or dataset.startswith("torchvision:"):
+            sources[dataset] = str((path.parent / source[1]).resolve()) if source else ""
             try:
-                hashes[dataset] = register_source(dataset, Path(sources[dataset]))
+                hashes[dataset] = register_named(dataset, sources[dataset])
             except AblatrixError as exc:
                 _fail(where, f"datasets: {exc}")
         elif dataset not in DATASETS:
             _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
-                         f"or data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}")
+                         f"data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}, or torchvision:NAME")
     seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
     if min(seeds) < 0:
         _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
