@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from ablatrix.data import DATASETS, load_splits, stratified_mask
+from ablatrix.datasets import register_named
 from ablatrix.errors import AblatrixError
 
 
@@ -50,3 +51,15 @@ def test_standardize_false_keeps_the_inputs_as_loaded():
     assert torch.equal(raw.test_y, scaled.test_y)
     mean, std = raw.train_x.mean(dim=(0, 2, 3), keepdim=True), raw.train_x.std(dim=(0, 2, 3), keepdim=True)
     assert torch.allclose((raw.test_x - mean) / std, scaled.test_x, atol=1e-5)
+
+
+def test_a_split_left_empty_is_named(tmp_path):
+    """Too few samples for the validation fraction: a clear error naming the split, not torch's."""
+    x, y = np.zeros((20, 8, 8), np.uint8), np.arange(20) % 10
+    np.savez(tmp_path / "tiny.npz", x=x, y=y)
+    register_named("npz:tiny.npz", str(tmp_path / "tiny.npz"))
+    try:
+        with pytest.raises(AblatrixError, match="its val split is empty"):
+            load_splits("npz:tiny.npz", 0.1, torch.device("cpu"), tmp_path)
+    finally:
+        DATASETS.pop("npz:tiny.npz")

@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .errors import AblatrixError
 from .registry import Registry
 
 SPLIT_SEED = 0  # fixed: splits are part of the dataset's definition, not of the run
@@ -101,6 +102,10 @@ def load_splits(name: str, val_fraction: float, device: torch.device, root: Path
     train_idx = np.flatnonzero(~is_test)
     is_val = stratified_mask(y.numpy()[train_idx], val_fraction)
     parts = {"train": train_idx[~is_val], "val": train_idx[is_val], "test": np.flatnonzero(is_test)}
+    for part, idx in parts.items():
+        if len(idx) == 0:
+            raise AblatrixError(f"dataset {name!r}: its {part} split is empty ({len(train_idx)} training samples, "
+                                f"val_fraction {val_fraction}, {int(is_test.sum())} test samples)")
     mean, std = torch.zeros(1), torch.ones(1)
     if info.standardize and standardize:
         train_x = x[parts["train"]]
