@@ -312,9 +312,7 @@ class Checkpoint:
     def load(self, training_id: str) -> dict[str, Any] | None:
         try:
             state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except FileNotFoundError:
-            return None
-        except Exception:  # a truncated write cannot happen (atomic), but a foreign file can
+        except Exception:  # none yet; or unreadable (a power cut mid-write, a foreign file): start afresh
             return None
         return state if state.get("training_id") == training_id else None
 
