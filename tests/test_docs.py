@@ -154,3 +154,9 @@ def test_the_site_builds_strict(tmp_path):
     assert done.returncode == 0, done.stderr
     cli = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "--checkpoint-seconds" in cli and "--until-decided" in cli  # generated from the parser
+
+
+def test_the_readme_tour_shows_the_quickstart_grid_as_it_is():
+    """The tour's grid is ablations/quickstart.toml (its comments aside), so the two cannot drift apart."""
+    (tour,) = [b.values[0] for b in blocks("toml") if b.id.startswith("README.md") and "quickstart" in b.values[0]]
+    assert tomllib.loads(tour) == tomllib.loads((ROOT / "ablations" / "quickstart.toml").read_text(encoding="utf-8"))
