@@ -457,3 +457,17 @@ def test_a_torchvision_dataset_that_cannot_be_had_is_one_line(write_grid, tmp_pa
         DATASETS.pop(dataset, None)
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1 and not (tmp_path / "out").exists()
+
+
+def test_two_grids_naming_one_relative_path_for_two_files_are_refused(tmp_path, capsys):
+    """`npz:a.npz` beside two grid files in two folders is two datasets under one name: refused,
+    since their runs would be read from whichever file came first."""
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        write_npz(tmp_path / folder / "a.npz")
+        (tmp_path / folder / "grid.toml").write_text(SOURCE_GRID.format(dataset="npz:a.npz").replace("byo", folder))
+    try:
+        assert main(["list", str(tmp_path / "one" / "grid.toml"), str(tmp_path / "two" / "grid.toml")]) == 2
+    finally:
+        DATASETS.pop("npz:a.npz", None)
+    assert "names two places" in capsys.readouterr().err
