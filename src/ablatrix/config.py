@@ -7,7 +7,11 @@ Identity (record schema 2): the hash covers the dataset, the seed, the model's n
 training fields and model parameters whose value differs from its default. So a field added in a
 later version, left at its default, keeps every stored run id, and a record written before the
 field existed describes the same run. Changing a *default* would change what unset fields mean:
-tests pin the defaults, and such a change needs a new schema and a migration.
+tests pin the defaults, and such a change needs a new schema and a migration. The content hash
+of a dataset named by its files (`data`) is hashed only when there is one, for the same reason.
+
+A run's *training* id (`RunConfig.training_id`) is its run id with the fields that only change how
+the trained model is measured left at their defaults: cells that share it are trained once.
 """
 from __future__ import annotations
 
