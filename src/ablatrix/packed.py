@@ -29,8 +29,8 @@ from .config import RunConfig
 from .data import AUGMENTATIONS, DATASETS, Splits
 from .errors import AblatrixError
 from .models import _per_block, create_model
-from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, classification_metrics, evaluate,
-                    loss_weight, usable_samples)
+from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, classification_metrics, copy_state,
+                    evaluate, loss_weight, tested, usable_samples)
 
 # What members of one pack may differ in: none of it changes a shape or the batch schedule.
 MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
@@ -327,7 +327,7 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
 
     def save(b: int) -> dict[str, torch.Tensor]:
         model.copy_member_into(b, members[b])
-        return {k: v.detach().clone() for k, v in members[b].state_dict().items()}
+        return copy_state(members[b])
 
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     best = [(math.inf, 0)] * size
@@ -406,12 +406,9 @@ def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device,
             continue
         model, history, best_epoch = fitted
         test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
-        restored = config.train.restore_best and best_epoch > 0  # as `train.Fitted.weights` decides
-        name = "best-eval" if restored else "final"
+        measured = tested(config.train, best_epoch, len(history), config.train.restore_best and best_epoch > 0)
         results.append(({"params": sum(p.numel() for p in model.parameters()), "history": history,
-                         "best_epoch": best_epoch, "epochs_trained": len(history),
-                         "tested": {"weights": name, "epoch": best_epoch if restored else len(history),
-                                    "eval_mode": "eval"},
+                         "best_epoch": best_epoch, "epochs_trained": len(history), "tested": measured,
                          "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)},
-                        {name: {k: v.detach().clone() for k, v in model.state_dict().items()}}))
+                        {measured["weights"]: copy_state(model)}))
     return results

@@ -285,14 +285,23 @@ class Fitted:
     best_state: dict[str, dict[str, torch.Tensor]]
     resumed: list[int]  # epochs after which a stopped training was resumed from its checkpoint
 
-    def weights(self, cfg: TrainConfig) -> tuple[str, dict[str, torch.Tensor]]:
-        """Which weights a measurement with `cfg` tests ("best" or "final") and the weights."""
-        if cfg.restore_best and cfg.eval_mode in self.best_state:
-            return "best", self.best_state[cfg.eval_mode]
-        return "final", self.final
+    def weights(self, cfg: TrainConfig) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """What a measurement with `cfg` tests (`tested`) and those weights."""
+        mode = cfg.eval_mode
+        restored = cfg.restore_best and mode in self.best_state
+        return (tested(cfg, self.best_epoch[mode], len(self.history[mode]), restored),
+                self.best_state[mode] if restored else self.final)
 
 
-def _state(model: nn.Module) -> dict[str, torch.Tensor]:
+def tested(cfg: TrainConfig, best_epoch: int, epochs_trained: int, restored: bool) -> dict[str, Any]:
+    """A record's `tested`: the weights measured ("best-<eval mode>", restored from the best epoch,
+    or "final"), their epoch and the evaluation mode (the name the store files them under)."""
+    return {"weights": f"best-{cfg.eval_mode}" if restored else "final",
+            "epoch": best_epoch if restored else epochs_trained, "eval_mode": cfg.eval_mode}
+
+
+def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights and buffers that training will not change."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
@@ -409,7 +418,7 @@ def fit_measured(config: RunConfig, data: Splits, device: torch.device, executio
             if val_loss < best_loss[mode]:
                 best_loss[mode], best_epoch[mode] = val_loss, epoch
                 if mode in restore:
-                    best_state[mode] = _state(model)
+                    best_state[mode] = copy_state(model)
         own_loss = val[cfg.eval_mode][0]
         if schedule and not per_batch:
             schedule.step(own_loss) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
@@ -424,9 +433,9 @@ def fit_measured(config: RunConfig, data: Splits, device: torch.device, executio
                              "best_state": best_state, "resumed": resumed})
             last_save = time.monotonic()
         on_epoch(history[cfg.eval_mode][-1])
-        if best_epoch[cfg.eval_mode] != epoch and cfg.patience and epoch - best_epoch[cfg.eval_mode] >= cfg.patience:
+        if cfg.patience and epoch - best_epoch[cfg.eval_mode] >= cfg.patience:
             break
-    return Fitted(model, step_model, _state(model), history, best_epoch, best_state, resumed)
+    return Fitted(model, step_model, copy_state(model), history, best_epoch, best_state, resumed)
 
 
 def fit(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
@@ -458,16 +467,14 @@ def train_cells(configs: Sequence[RunConfig], data: Splits, device: torch.device
     results, weights = [], {}
     for config in configs:
         mode = config.train.eval_mode
-        which, state = fitted.weights(config.train)
-        name = which if which == "final" else f"best-{mode}"
-        weights[name] = state
+        measured, state = fitted.weights(config.train)
+        weights[measured["weights"]] = state
         fitted.model.load_state_dict(state)
         test_loss, test_acc, pred = evaluate(fitted.step_model, data.test_x, data.test_y, execution, mode, data.train_x)
         history = fitted.history[mode]
         results.append({"params": sum(p.numel() for p in fitted.model.parameters()),
                         "history": history, "best_epoch": fitted.best_epoch[mode], "epochs_trained": len(history),
-                        "tested": {"weights": name, "epoch": fitted.best_epoch[mode] if which == "best" else len(history),
-                                   "eval_mode": mode},
+                        "tested": measured,
                         **({"resumed_after_epochs": fitted.resumed} if fitted.resumed else {}),
                         "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)})
     return results, weights
