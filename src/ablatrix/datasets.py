@@ -354,7 +354,7 @@ def wm811k_synthetic(root: Path) -> Labelled:
 TEST_FRACTION = 0.2  # where the data has no test part of its own: a fixed stratified 20%
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 SOURCES: Registry[Callable[[Path, dict[str, str]], tuple[Labelled, tuple[str, ...]]]] = Registry("data source")
-_SOURCE_PATHS: dict[str, Path] = {}  # where each registered "npz:"/"folder:" name was read from
+_READ: dict[str, tuple[Path, str]] = {}  # each registered "npz:"/"folder:" name: where it was read, its hash
 
 
 def parse_source(name: str) -> tuple[str, str, dict[str, str]] | None:
@@ -381,17 +381,18 @@ def register_source(name: str, path: Path) -> str:
     """Read dataset `name` ("npz:..." or "folder:...") from `path` and register it under that name
     (once per process); return its content hash. Bad data is an AblatrixError naming the problem."""
     kind, _, options = parse_source(name)
-    if name in DATASETS and _SOURCE_PATHS.get(name, path) != path:
-        raise AblatrixError(f"dataset {name!r} names two places ({_SOURCE_PATHS[name]} and {path}): their runs "
-                            "would mix; name them by paths that differ")
-    if name not in DATASETS:
-        if not path.exists():
-            raise AblatrixError(f"dataset {name!r}: {path} does not exist")
-        labelled, classes = SOURCES.lookup(kind)(path, options)
-        DATASETS[name] = DatasetInfo(name, tuple(labelled.x.shape[1:]), classes, lambda root: labelled,
-                                     f"{kind} data at {path}", True, None)
-        _SOURCE_PATHS[name] = path
-    return content_hash(path)
+    if name in DATASETS and name in _READ:  # read once per process, like the data itself
+        if _READ[name][0] != path:
+            raise AblatrixError(f"dataset {name!r} names two places ({_READ[name][0]} and {path}): their runs "
+                                "would mix; name them by paths that differ")
+        return _READ[name][1]
+    if not path.exists():
+        raise AblatrixError(f"dataset {name!r}: {path} does not exist")
+    labelled, classes = SOURCES.lookup(kind)(path, options)
+    DATASETS[name] = DatasetInfo(name, tuple(labelled.x.shape[1:]), classes, lambda root: labelled,
+                                 f"{kind} data at {path}", True, None)
+    _READ[name] = path, content_hash(path)
+    return _READ[name][1]
 
 
 def _labelled(x: torch.Tensor, y: np.ndarray, is_test: np.ndarray | None) -> Labelled:
