@@ -7,6 +7,7 @@ import random
 import re
 import os
 import signal
+import statistics
 import subprocess
 import sys
 import time
@@ -204,11 +205,15 @@ def test_list_and_run_count_the_distinct_trainings(write_grid, tmp_path, capsys)
 def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
     """kill -9 of the runner at random moments inside one training, three times: the next run resumes
     each time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
-    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 150")
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 200")
                       + 'train.eval_mode = ["eval", "train"]\n', name="long.toml")
     args = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
     twin = runner(grid, tmp_path / "twin", *args)
     assert twin.wait(timeout=300) == 0
+    # Kill moments are drawn in epochs, not seconds: a fixed window in seconds lets a fast machine finish
+    # all 200 epochs before the third kill (CI did), a slow one never reach the second epoch.
+    epoch_seconds = statistics.median(row["seconds"] for p in (tmp_path / "twin" / "tiny" / "runs").glob("*.json")
+                                      for row in json.loads(p.read_text())["history"])
     checkpoints, rng = tmp_path / "res" / "tiny" / "checkpoints", random.Random(0)
     def written() -> float:  # when the checkpoint was last written, 0 if there is none
         return max((p.stat().st_mtime_ns for p in checkpoints.glob("*.pt")), default=0)
@@ -217,8 +222,8 @@ def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(w
         proc = runner(grid, tmp_path / "res", *args)
         deadline = time.monotonic() + 120
         while written() == before and time.monotonic() < deadline:  # this run has trained an epoch
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.0, 1.0))
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 5.0) * epoch_seconds)  # sometimes mid-epoch, sometimes mid-write
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     runs = tmp_path / "res" / "tiny" / "runs"

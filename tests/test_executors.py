@@ -22,6 +22,7 @@ from ablatrix.executors import RunOptions, available_cores, pending, resolve_dev
 from ablatrix.report import write_report
 from ablatrix.data import load_splits
 from ablatrix.spec import load_grid
+from ablatrix.packed import pack_id
 from ablatrix.train import evaluate
 from ablatrix.store import ResultStore
 from conftest import TINY_GRID
@@ -665,22 +666,47 @@ def test_ctrl_c_mid_training_resumes_from_its_checkpoint(write_grid, tmp_path, m
     claim or record left meanwhile), its records equal an uninterrupted run's, and the checkpoint goes."""
     grid = load_grid(write_grid(MEASURED.replace("epochs = 2", "epochs = 6")), ["seeds=[0]", "axes.model.batchnorm=[true]"])
     options = replace(OPTIONS, checkpoint_seconds=0)
+    interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options, "train_cells", grid.cells[0].config.training_id)
+
+
+def test_ctrl_c_mid_pack_resumes_from_its_checkpoint(write_grid, tmp_path, monkeypatch):
+    """The same for a pack of two seeds (--pack 2): it checkpoints as one and resumes as one."""
+    grid = load_grid(write_grid(TINY_GRID.replace("epochs = 2", "epochs = 6")), ["axes.model.batchnorm=[true]"])
+    options = replace(OPTIONS, checkpoint_seconds=0, pack=2)
+    interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options, "train_pack",
+                           pack_id([c.config for c in grid.cells]))
+
+
+def test_a_pack_renews_the_claims_of_its_stopped_members(write_grid, tmp_path, monkeypatch):
+    """A member that stopped early (patience) keeps its claim alive, once an epoch, until the pack's
+    records are written: a runner on another host would otherwise take its cell and train it again."""
+    grid = load_grid(write_grid(TINY_GRID.replace("epochs = 2", "epochs = 12").replace("patience = 0", "lr = 0.05")
+                                + "train.patience = [1, 0]\n"), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    beats = []
+    monkeypatch.setattr(ResultStore, "heartbeat", lambda store, run_id: beats.append(run_id))
+    assert run_grids([grid], tmp_path, replace(OPTIONS, pack=2)).trained == 2
+    records = ResultStore(tmp_path, grid.name).records().values()
+    assert sorted(r["epochs_trained"] for r in records)[0] < 12  # one member stopped early, or this tests nothing
+    assert sorted(beats) == sorted(r["run_id"] for r in records for _ in range(12))
+
+
+def interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options: RunOptions, trainer: str, checkpoint: str) -> None:
     run_grids([grid], tmp_path / "twin", options)
-    real = executors.train_cells
+    real = getattr(executors, trainer)
 
     def interrupted(configs, data, device, execution, on_epoch, checkpoint):
-        def stop(row):
-            if row["epoch"] == 3:
+        def stop(*args):
+            if args[-1]["epoch"] == 3:
                 raise KeyboardInterrupt
         return real(configs, data, device, execution, stop, checkpoint)
-    monkeypatch.setattr(executors, "train_cells", interrupted)
+    monkeypatch.setattr(executors, trainer, interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_grids([grid], tmp_path / "res", options)
     store = ResultStore(tmp_path / "res", grid.name)
     assert store.records() == {} and not list(store.runs_dir.glob("*.lock"))
-    assert [p.stem for p in (store.dir / "checkpoints").iterdir()] == [grid.cells[0].config.training_id]
-    monkeypatch.setattr(executors, "train_cells", real)
-    assert run_grids([grid], tmp_path / "res", options).trained == 4
+    assert [p.stem for p in (store.dir / "checkpoints").iterdir()] == [checkpoint]
+    monkeypatch.setattr(executors, trainer, real)
+    assert run_grids([grid], tmp_path / "res", options).trained == len(grid.cells)
     twin = ResultStore(tmp_path / "twin", grid.name).records()
     for run_id, record in store.records().items():
         assert record["resumed_after_epochs"] == [3] and "resumed_after_epochs" not in twin[run_id]

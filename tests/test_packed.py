@@ -13,7 +13,7 @@ from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import load_splits
 from ablatrix.models import resolve_params
 from ablatrix.packed import fit_pack, pack_key, pack_size, train_pack
-from ablatrix.train import Execution, TrainingDiverged, evaluate, fit, train_run
+from ablatrix.train import Checkpoint, Execution, TrainingDiverged, evaluate, fit, train_run
 
 CPU = torch.device("cpu")
 
@@ -56,7 +56,7 @@ def assert_same_run(packed, plain, data) -> None:
 def test_members_equal_their_plain_runs(float64, batchnorm, optimizer):
     """Without dropout, each member of a pack of 3 ends one epoch where its plain run does."""
     configs = [config(seed, {"batchnorm": batchnorm}, optimizer=optimizer, lr=0.01) for seed in (0, 1, 2)]
-    for packed, cfg in zip(fit_pack(configs, float64, CPU), configs):
+    for packed, cfg in zip(fit_pack(configs, float64, CPU)[0], configs):
         assert_same_run(packed, fit(cfg, float64, CPU), float64)
 
 
@@ -65,7 +65,7 @@ def test_members_keep_their_own_learning_rate_decay_and_stopping(float64):
     configs = [config(0, epochs=6, optimizer="adam", lr=0.003, weight_decay=0.01, patience=1, restore_best=True),
                config(1, epochs=6, optimizer="adam", lr=0.02, patience=0, restore_best=False),
                config(2, epochs=6, optimizer="adam", lr=0.3, patience=1, restore_best=False)]
-    fitted = fit_pack(configs, float64, CPU)
+    fitted, _ = fit_pack(configs, float64, CPU)
     lengths = [len(history) for _, history, _ in fitted]
     assert len(set(lengths)) > 1  # someone stopped early, or this test checks nothing about freezing
     for packed, cfg in zip(fitted, configs):
@@ -75,7 +75,7 @@ def test_members_keep_their_own_learning_rate_decay_and_stopping(float64):
 def test_a_diverging_member_fails_alone(float64):
     """A member whose loss goes non-finite is reported failed; the others still equal their plain runs."""
     configs = [config(0, optimizer="sgd", lr=0.05), config(1, optimizer="sgd", lr=1e12, momentum=0.0)]
-    good, bad = fit_pack(configs, float64, CPU)
+    (good, bad), _ = fit_pack(configs, float64, CPU)
     assert isinstance(bad, TrainingDiverged) and "training loss became" in str(bad)
     assert_same_run(good, fit(configs[0], float64, CPU), float64)
 
@@ -90,6 +90,38 @@ def test_with_dropout_members_match_plain_runs_in_distribution(digits):
     mean, sem = sum(plain) / len(plain), stats.sem(plain)
     half = stats.t.ppf(0.975, len(plain) - 1) * sem
     assert abs(sum(packed) / len(packed) - mean) <= half, (plain, packed)
+
+
+class Stop(Exception):
+    """Stands for a kill at the end of an epoch."""
+
+
+def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
+    """A pack with dropout and BatchNorm, one member stopping early (patience) and one diverging, stopped
+    after epochs 2 and 5 and resumed from its checkpoint each time: every member ends with the history,
+    test metrics and weights of the uninterrupted pack, and says where it resumed."""
+    model = {"dropout": 0.2, "batchnorm": True}
+    configs = [config(0, model, epochs=7, lr=0.03, patience=1, restore_best=True),
+               config(1, model, epochs=7, lr=0.01),
+               config(2, model, epochs=7, lr=1e12)]
+    twin = train_pack(configs, digits, CPU)
+    assert isinstance(twin[2], TrainingDiverged) and twin[0][0]["epochs_trained"] < 7  # or this tests less
+    checkpoint = Checkpoint(tmp_path / "pack.pt")
+    for kill in (2, 5):
+        def stop(b, row, kill=kill):
+            if row["epoch"] == kill:
+                raise Stop
+        with pytest.raises(Stop):
+            train_pack(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
+        assert torch.load(checkpoint.path, weights_only=True)["epoch"] == kill
+    resumed = train_pack(configs, digits, CPU, checkpoint=checkpoint)
+    assert str(resumed[2]) == str(twin[2])
+    for (result, weights), (result0, weights0) in zip(resumed[:2], twin[:2]):
+        assert result.pop("resumed_after_epochs") == [2, 5]
+        for row, row0 in zip(result.pop("history"), result0.pop("history"), strict=True):
+            assert {**row, "seconds": 0} == {**row0, "seconds": 0}
+        assert result == result0
+        assert all(torch.equal(weights[n][k], weights0[n][k]) for n in weights0 for k in weights0[n])
 
 
 def test_cuda_code_paths_run_on_cpu(digits):

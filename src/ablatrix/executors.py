@@ -38,7 +38,7 @@ from .registry import Registry
 from .spec import Cell, Grid, import_plugins
 from .config import SCHEMA
 from .store import ResultStore, environment
-from .packed import pack_key, pack_size, train_pack
+from .packed import pack_id, pack_key, pack_size, train_pack
 from .train import Checkpoint, Execution, train_cells
 
 
@@ -193,11 +193,9 @@ def one_training(cells: Sequence[Cell]) -> bool:
 
 
 def unit_checkpoint(cells: Sequence[Cell], store: ResultStore | None, options: RunOptions) -> Path | None:
-    """Where the training of a unit keeps its epoch checkpoint; None for a pack (packs restart) or
-    where there is no such folder (a Ray task without --checkpoint-dir: `store` is None there)."""
-    if not one_training(cells):
-        return None
-    name = f"{cells[0].config.training_id}.pt"
+    """Where the training of a unit (or a pack) keeps its epoch checkpoint; None where there is no
+    such folder (a Ray task without --checkpoint-dir: `store` is None there)."""
+    name = f"{cells[0].config.training_id if one_training(cells) else pack_id([c.config for c in cells])}.pt"
     if options.checkpoint_dir is not None:
         return options.checkpoint_dir / cells[0].grid / name
     return None if store is None else store.dir / "checkpoints" / name
@@ -234,7 +232,7 @@ def run_training(cells: Sequence[Cell], options: RunOptions,
 
 def run_pack(cells: Sequence[Cell], options: RunOptions,
              on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
-             earlier: Sequence[Sequence[str]] = ()) -> list[dict[str, Any]]:
+             earlier: Sequence[Sequence[str]] = (), checkpoint: Path | None = None) -> list[dict[str, Any]]:
     """Train cells that share a pack key as one fused model; one full record per cell.
 
     `execution.packed` names the pack's size and the other cells in it; `wall_seconds` is the
@@ -249,7 +247,8 @@ def run_pack(cells: Sequence[Cell], options: RunOptions,
     try:
         data = load_splits(cells[0].config.dataset, cells[0].config.train.val_fraction, options.device,
                            options.data_root, cells[0].config.train.standardize)
-        results = train_pack([c.config for c in cells], data, options.device, execution, on_epoch)
+        results = train_pack([c.config for c in cells], data, options.device, execution, on_epoch,
+                             checkpoint and Checkpoint(checkpoint, options.checkpoint_seconds))
         for record, result in zip(records, results):  # a member's failure is its own
             record.update(_failure(result) if isinstance(result, Exception)
                           else {**result[0], "status": "done", "weights": result[1]})
@@ -268,11 +267,11 @@ def run_pack(cells: Sequence[Cell], options: RunOptions,
 def run_unit(cells: Sequence[Cell], options: RunOptions,
              on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
              earlier: Sequence[Sequence[str]] = (), checkpoint: Path | None = None) -> list[dict[str, Any]]:
-    """Train a unit (`units`): the cells of one training (resumed from `checkpoint` where it holds
-    one), or a pack. `on_epoch(b, row)`: b is the member whose epoch ended (the whole training's: 0)."""
+    """Train a unit (`units`): the cells of one training, or a pack, resumed from `checkpoint` where
+    it holds one. `on_epoch(b, row)`: b is the member whose epoch ended (the whole training's: 0)."""
     if one_training(cells):
         return run_training(cells, options, lambda row: on_epoch(0, row), earlier, checkpoint)
-    return run_pack(cells, options, on_epoch, earlier)
+    return run_pack(cells, options, on_epoch, earlier, checkpoint)
 
 
 def claim_pending(cell: Cell, store: ResultStore, retry_failed: bool) -> bool:
@@ -311,9 +310,14 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
         if claimed:
             cells = [job[0] for job in claimed]
 
+            renewed = 0  # the epoch whose end renewed the claims
+
             def beat(b: int, row: dict[str, float]) -> None:
-                for cell, store, _ in (claimed if one_training(cells) else [claimed[b]]):
-                    store.heartbeat(cell.run_id)
+                nonlocal renewed
+                if row["epoch"] != renewed:  # once an epoch, every claim: a pack's stopped members' too
+                    renewed = row["epoch"]
+                    for cell, store, _ in claimed:
+                        store.heartbeat(cell.run_id)
                 on_epoch(row)
             checkpoint = unit_checkpoint(cells, claimed[0][1], options)
             records = run_unit(cells, options, beat, [job[2] for job in claimed], checkpoint)

@@ -16,6 +16,7 @@ member with dropout matches its plain run in distribution, not bit for bit.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import time
@@ -29,8 +30,8 @@ from .config import RunConfig
 from .data import AUGMENTATIONS, DATASETS, Splits
 from .errors import AblatrixError
 from .models import _per_block, create_model
-from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Execution, TrainingDiverged, classification_metrics, copy_state,
-                    evaluate, loss_weight, tested, usable_samples)
+from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Checkpoint, Execution, TrainingDiverged, classification_metrics,
+                    copy_state, evaluate, loss_weight, tested, usable_samples)
 
 # What members of one pack may differ in: none of it changes a shape or the batch schedule.
 MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
@@ -54,6 +55,11 @@ def pack_key(config: RunConfig) -> str | None:
     model = {k: v for k, v in config.model.params.items() if k not in MEMBER_MODEL_PARAMS}
     train = {k: v for k, v in asdict(config.train).items() if k not in MEMBER_TRAIN_FIELDS}
     return json.dumps([config.dataset, model, train], sort_keys=True, default=list)
+
+
+def pack_id(configs: Sequence[RunConfig]) -> str:
+    """A pack's identity: its members' trainings in order (its checkpoint is only for the same pack)."""
+    return "pack-" + hashlib.sha256(" ".join(c.training_id for c in configs).encode()).hexdigest()[:12]
 
 
 def pack_size(config: RunConfig, device: torch.device) -> int:
@@ -292,9 +298,15 @@ def _evaluate_members(model: PackedConvNet, x: torch.Tensor, y: torch.Tensor,
 
 
 def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
-             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None
-             ) -> list[tuple[nn.Module, list[dict[str, float]], int] | Exception]:
-    """Train cells of one pack key together; per member, what `train.fit` returns, or its exception."""
+             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
+             checkpoint: Checkpoint | None = None
+             ) -> tuple[list[tuple[nn.Module, list[dict[str, float]], int] | Exception], list[int]]:
+    """Train cells of one pack key together; per member, what `train.fit` returns, or its exception.
+
+    With a `checkpoint`, a pack that stopped part-way continues from its last saved epoch (the whole
+    pack's state, every member's in it), exactly as if it had not stopped; the second value lists the
+    epochs after which it was resumed.
+    """
     keys = {pack_key(c) for c in configs}
     if len(keys) != 1 or None in keys:
         raise ValueError("fit_pack takes cells that share one pack key")
@@ -332,9 +344,26 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
     histories: list[list[dict[str, float]]] = [[] for _ in configs]
     best = [(math.inf, 0)] * size
     saved: list[dict[str, torch.Tensor] | None] = [None] * size  # best weights, or those at the stop
-    failures: list[Exception | None] = [None] * size
+    failures: list[str | None] = [None] * size  # why a member diverged
     running = list(range(size))
-    for epoch in range(1, cfg.epochs + 1):
+    resumed: list[int] = []
+    identity = pack_id(configs)
+    state = checkpoint.load(identity) if checkpoint else None
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        optimizer.active.copy_(state["active"])
+        scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], device)
+        for generator, order_state in zip(orders, state["orders"]):
+            generator.set_state(order_state)
+        histories, saved, failures, running = (state[k] for k in ("histories", "saved", "failures", "running"))
+        best = [tuple(b) for b in state["best"]]
+        resumed = [*state["resumed"], state["epoch"]]
+    last_save = time.monotonic()
+    for epoch in range(state["epoch"] + 1 if state else 1, cfg.epochs + 1):
         started = time.perf_counter()
         model.train()
         order = torch.stack([sample(data.train_y, data.num_classes, g) for g in orders]).to(device)
@@ -359,16 +388,16 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
         train_loss, train_acc = (loss_sum / n_used).tolist(), (correct / n_used).tolist()
         val_loss, val_acc = _evaluate_members(step_model, data.val_x, data.val_y, execution)
         seconds = time.perf_counter() - started
-        for b in list(running):
+        ended = list(running)  # the members whose epoch this was
+        for b in ended:
             stop = False
             if not math.isfinite(train_loss[b]):
-                failures[b] = TrainingDiverged(f"training loss became {train_loss[b]} in epoch {epoch}")
+                failures[b] = f"training loss became {train_loss[b]} in epoch {epoch}"
                 stop = True
             else:
                 row = {"epoch": epoch, "train_loss": train_loss[b], "train_accuracy": train_acc[b],
                        "val_loss": val_loss[b], "val_accuracy": val_acc[b], "seconds": seconds}
                 histories[b].append(row)
-                on_epoch(b, row)
                 member = configs[b].train
                 if val_loss[b] < best[b][0]:
                     best[b] = (val_loss[b], epoch)
@@ -379,28 +408,43 @@ def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, e
             if stop:  # frozen from here on: no learning rate, weights already saved
                 running.remove(b)
                 optimizer.active[b] = 0
+        if checkpoint and running and epoch < cfg.epochs and time.monotonic() - last_save >= checkpoint.every_seconds:
+            checkpoint.save({"training_id": identity, "epoch": epoch, "model": model.state_dict(),
+                             "optimizer": optimizer.state_dict(), "active": optimizer.active,
+                             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
+                             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
+                             "orders": [g.get_state() for g in orders], "histories": histories,
+                             "best": best, "saved": saved, "failures": failures, "running": running,
+                             "resumed": resumed})
+            last_save = time.monotonic()
+        for b in ended:
+            if failures[b] is None:
+                on_epoch(b, histories[b][-1])
         if not running:
             break
     fitted: list[tuple[nn.Module, list[dict[str, float]], int] | Exception] = []
     for b in range(size):
         if failures[b] is not None:
-            fitted.append(failures[b])
+            fitted.append(TrainingDiverged(failures[b]))
             continue
         if saved[b] is None:  # trained to the last epoch without restoring: its final weights
             model.copy_member_into(b, members[b])
         else:
             members[b].load_state_dict(saved[b])
         fitted.append((members[b], histories[b], best[b][1]))
-    return fitted
+    return fitted, resumed
 
 
 def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
-               on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None
+               on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
+               checkpoint: Checkpoint | None = None
                ) -> list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception]:
-    """Train a pack; per member, what `train.train_cells` gives for it alone (its result, tested as a
-    plain run is, and the weights tested), or its exception."""
+    """Train a pack (resumed from `checkpoint` where it holds one); per member, what
+    `train.train_cells` gives for it alone (its result, tested as a plain run is, and the weights
+    tested), or its exception."""
     results: list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception] = []
-    for config, fitted in zip(configs, fit_pack(configs, data, device, execution, on_epoch)):
+    members, resumed = fit_pack(configs, data, device, execution, on_epoch, checkpoint)
+    for config, fitted in zip(configs, members):
         if isinstance(fitted, Exception):
             results.append(fitted)
             continue
@@ -409,6 +453,7 @@ def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device,
         measured = tested(config.train, best_epoch, len(history), config.train.restore_best and best_epoch > 0)
         results.append(({"params": sum(p.numel() for p in model.parameters()), "history": history,
                          "best_epoch": best_epoch, "epochs_trained": len(history), "tested": measured,
+                         **({"resumed_after_epochs": resumed} if resumed else {}),
                          "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)},
                         {measured["weights"]: copy_state(model)}))
     return results
