@@ -81,9 +81,9 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     assert all("model.dropout 0.5 − 0.0 on digits" in c.reason for c in step.cells)
 
 
-def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer):
+def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer, capsys):
     """A null effect with 1 pp noise is not decided within 6 seeds: seeding stops at the cap,
-    having added seeds only to that comparison's cells."""
+    having added seeds only to that comparison's cells; `list` counts them and their trainings."""
     calls, settings = stub_trainer
     grid = load_grid(write_grid(GRID))
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
@@ -97,6 +97,8 @@ def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path,
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
     assert state["at_seed_cap"] == list(outcome.plan.capped) and state["runs_possible"] == 36
     assert state["stopped"] == "seed cap (max_seeds) reached for: model.dropout 0.5 − 0.0 on digits"
+    assert main(["list", str(grid.path), "--results", str(tmp_path)]) == 0
+    assert ": 12 cells + 16 of 24 added-seed cells (max_seeds); 28 trainings" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 2", "cap")])

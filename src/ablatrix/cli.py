@@ -44,7 +44,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         added = len(cells) - len(grid.cells)
         print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells" + (
             f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else "")
-            + f"; {len({c.config.training_id for c in grid.cells})} trainings (cells that differ only in how "
+            + f"; {len({c.config.training_id for c in cells})} trainings (cells that differ only in how "
               "the trained model is measured share one)")
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
