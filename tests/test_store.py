@@ -203,3 +203,27 @@ def test_stale_claims_are_taken_over(tmp_path, owner, age, taken_over):
     lock.write_text(json.dumps({**owner(), "since": 0}))
     os.utime(lock, (time.time() - age, time.time() - age))
     assert store.claim("abc") is taken_over
+
+
+WRITER = """
+import sys, time, torch
+from pathlib import Path
+from ablatrix.store import ResultStore
+store, name, go = ResultStore(Path(sys.argv[1]), "g"), sys.argv[2], Path(sys.argv[3])
+while not go.exists():
+    time.sleep(0.001)
+for i in range(40):
+    store.put_weights("t", {f"{name}{i}": {"w": torch.full((64,), float(i))}})
+"""
+
+
+def test_two_runners_storing_weights_of_one_training_keep_both(tmp_path):
+    """Two processes each add 40 weights to one training's file at the same moments: it ends with all
+    80 (the read-merge-write is locked; unlocked, a write dropped what the other had just added)."""
+    go = tmp_path / "go"
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path), name, str(go)]) for name in ("a", "b")]
+    time.sleep(2)  # both have imported torch and wait
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    store = ResultStore(tmp_path, "g")
+    assert sorted(store.get_weights("t")) == sorted(f"{name}{i}" for name in "ab" for i in range(40))

@@ -10,6 +10,7 @@ truncated copy, a sync caught mid-write, a bad hand edit) is moved aside to
 from __future__ import annotations
 
 import errno
+import fcntl
 import functools
 import io
 import json
@@ -127,9 +128,15 @@ class ResultStore:
 
     def put_weights(self, training_id: str, weights: dict[str, dict[str, torch.Tensor]]) -> None:
         """Add a training's tested weights to its file (a later cell of the same training adds its own)."""
-        atomic_torch_save(self.weights_path(training_id), {
-            **self.get_weights(training_id), **{name: {k: v.cpu() for k, v in state.items()}
-                                                for name, state in weights.items()}})
+        path = self.weights_path(training_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # Read, merge and write under a lock: two runners that split one training's cells both
+        # store into its file, and without it the later write could drop the other's weights.
+        # flock, not a claim file: the kernel lets go of it when its process dies.
+        with open(path.parent / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            atomic_torch_save(path, {**self.get_weights(training_id),
+                                     **{name: {k: v.cpu() for k, v in state.items()} for name, state in weights.items()}})
 
     def get_weights(self, training_id: str) -> dict[str, dict[str, torch.Tensor]]:
         """The stored weights of a training by name; {} if none were stored (or the file is unreadable)."""
