@@ -98,7 +98,10 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
     runs_dir = tmp_path / "res" / "tiny" / "runs"
     cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"), *executor]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            start_new_session=True)  # its own process group, as a terminal gives it
+                            start_new_session=True,  # its own process group, as a terminal gives it
+                            # and Ctrl-C's default action, as a terminal gives it: pytest started in the
+                            # background of a script (`... &`) passes SIGINT on ignored, and the run would finish
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while not list(runs_dir.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
