@@ -133,7 +133,7 @@ class ResultStore:
         # Read, merge and write under a lock: two runners that split one training's cells both
         # store into its file, and without it the later write could drop the other's weights.
         # flock, not a claim file: the kernel lets go of it when its process dies.
-        with open(path.parent / ".lock", "a") as lock:
+        with open(path.parent / ".flock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             atomic_torch_save(path, {**self.get_weights(training_id),
                                      **{name: {k: v.cpu() for k, v in state.items()} for name, state in weights.items()}})
