@@ -375,21 +375,23 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def training_on(process: subprocess.Popen) -> bool:
-    """Whether a worker of this node runs a task: Ray retitles a busy worker `ray::<function>`
-    (an idle one `ray::IDLE`)."""
+def busy_workers(process: subprocess.Popen) -> list[int]:
+    """The node's workers running a task: Ray retitles a busy worker `ray::<function>` (an idle one
+    `ray::IDLE`)."""
+    busy = []
     for pid in descendants(process.pid):
         try:
             if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_ray_unit"):
-                return True
+                busy.append(pid)
         except OSError:
             continue
-    return False
+    return busy
 
 
-def kill_node(process: subprocess.Popen) -> None:
-    """SIGKILL a node's processes (raylet, its workers, all below): what a lost machine looks like."""
-    for pid in [process.pid, *descendants(process.pid)]:
+def kill_node(process: subprocess.Popen, first: list[int] = ()) -> None:
+    """SIGKILL a node's processes (`first`, then the raylet, its workers, all below): what a lost
+    machine looks like."""
+    for pid in [*first, process.pid, *descendants(process.pid)]:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -479,11 +481,13 @@ def test_losing_a_ray_node_mid_grid_retrains_its_cells_on_the_survivor(write_gri
     driver = run_on(ray_cluster, path, tmp_path)
     deadline = time.monotonic() + 120
     # Once a cell is done, kill the second node at a moment it is running one (waiting for a
-    # record alone raced: the node could be between tasks, and then nothing needs a retry).
-    while not list(store.runs_dir.glob("*.json")) or not training_on(ray_cluster.nodes[1]):
+    # record alone raced: the node could be between tasks, and then nothing needs a retry). The
+    # busy worker dies first, at once: killing the raylet first, after another scan of /proc, gave
+    # its task time to finish under load (a loaded loop saw no retry).
+    while not list(store.runs_dir.glob("*.json")) or not (busy := busy_workers(ray_cluster.nodes[1])):
         assert driver.poll() is None and time.monotonic() < deadline, driver.communicate()[0]
         time.sleep(0.05)
-    kill_node(ray_cluster.nodes[1])
+    kill_node(ray_cluster.nodes[1], first=busy)
     output = driver.communicate(timeout=300)[0]
     assert driver.returncode == 0, output
     assert "trained 6, failed 0" in output and "retrying: " in output
