@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -274,6 +275,31 @@ def test_cells_of_different_trainings_are_refused_by_train_cells(digits):
 
 class Stop(Exception):
     """Stands for a kill at the end of an epoch."""
+
+
+def test_removing_a_checkpoint_takes_a_killed_write_with_it(tmp_path):
+    """A kill during a write leaves its temporary file: `remove` deletes it with the checkpoint, and
+    leaves other trainings' files alone."""
+    checkpoint = Checkpoint(tmp_path / "abc.pt")
+    checkpoint.save({"epoch": 1})
+    (tmp_path / ".abc.pt.x1y2z3.tmp").write_bytes(b"half a checkpoint")
+    (tmp_path / "other.pt").write_bytes(b"")
+    checkpoint.remove()
+    assert [p.name for p in tmp_path.iterdir()] == ["other.pt"]
+
+
+def test_a_checkpoint_removed_during_its_write_is_not_an_error(tmp_path, monkeypatch):
+    """A runner that finished the same training removes the checkpoint (and the temporary file being
+    written) under a writer: the writer's training goes on."""
+    checkpoint = Checkpoint(tmp_path / "abc.pt")
+    real = os.replace
+
+    def removed_first(source, target):
+        checkpoint.remove()
+        real(source, target)
+    monkeypatch.setattr(os, "replace", removed_first)
+    checkpoint.save({"epoch": 1})
+    assert not list(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize("train, model, kills", [

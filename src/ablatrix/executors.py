@@ -323,7 +323,7 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
             records = run_unit(cells, options, beat, [job[2] for job in claimed], checkpoint)
             statuses += [store_record(cell, store, record) for (cell, store, _), record in zip(claimed, records)]
             if checkpoint is not None:
-                checkpoint.unlink(missing_ok=True)  # the records hold it all now
+                Checkpoint(checkpoint).remove()  # the records hold it all now
     finally:
         for cell, store, _ in claimed:
             store.release(cell.run_id)
@@ -681,7 +681,7 @@ def run_ray(todo: Todo, options: RunOptions, owned: bool) -> Summary:
                         held.discard(cell.run_id)
                         bar.update()
                     if unit and (path := unit_checkpoint([job[0] for job in unit], None, options)):
-                        path.unlink(missing_ok=True)  # the records hold it all now
+                        Checkpoint(path).remove()  # the records hold it all now
                 if time.monotonic() - renewed > HEARTBEAT_SECONDS:
                     renewed = time.monotonic()
                     for unit in running.values():

@@ -330,7 +330,17 @@ class Checkpoint:
         # 14 MB of the 1.1M CNN) cost 4.6% of its training when written every epoch. A kill
         # leaves the old checkpoint or the new one; a power cut at worst an unreadable one, which
         # `load` ignores (the training starts again).
-        atomic_torch_save(self.path, state, durable=False)
+        try:
+            atomic_torch_save(self.path, state, durable=False)
+        except FileNotFoundError:  # `remove` by a runner that finished the same training meanwhile
+            pass
+
+    def remove(self) -> None:
+        """Delete the checkpoint once the records hold it all, with the temporary file of a write
+        that a kill interrupted (a checkpoint is written every few seconds, so kills do land there)."""
+        self.path.unlink(missing_ok=True)
+        for partial in self.path.parent.glob(f".{self.path.name}.*.tmp"):
+            partial.unlink(missing_ok=True)
 
 
 def fit_measured(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN,
