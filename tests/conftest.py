@@ -1,6 +1,8 @@
-"""Shared helpers: tiny grid files written into a temporary folder."""
+"""Shared helpers: tiny grid files written into a temporary folder, the pid of a dead process."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -68,3 +70,10 @@ def store_runs(grid, results, accuracies: dict, statuses: dict | None = None) ->
 
 
 FULL = {(True, 0): 0.9, (True, 1): 0.8, (False, 0): 0.5, (False, 1): 0.5}  # all multiples of 1/36
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid

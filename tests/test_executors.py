@@ -5,6 +5,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +26,7 @@ from ablatrix.spec import load_grid
 from ablatrix.packed import pack_id
 from ablatrix.train import evaluate
 from ablatrix.store import ResultStore
-from conftest import TINY_GRID
+from conftest import TINY_GRID, dead_pid
 
 OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 
@@ -66,6 +67,28 @@ def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, count
     assert calls[2] in calls[3:]  # the interrupted cell is trained again
     assert all(store.get(k) == v for k, v in finished.items())  # untouched
     assert run_grids([grid], results, OPTIONS).trained == 0
+
+
+@pytest.mark.parametrize("stored, owner, kept", [
+    ("done", "dead", False),  # killed between storing the record and releasing the claim
+    ("done", "live", True),  # a runner that listed the cell before it was done, about to let go
+    ("failed", "dead", True),  # --retry-failed takes it over when it claims the cell
+    (None, "dead", True),  # pending: the next claim takes it over
+])
+def test_the_next_run_removes_the_dead_claim_of_a_done_cell(write_grid, tmp_path, stored, owner, kept):
+    """A claim left beside a stored record goes when the next run lists the grid, if its owner is dead
+    and the cell is done; every other claim is left to the claiming rules."""
+    grid = load_grid(write_grid(), ["seeds=[0]", "axes.model.batchnorm=[true]"])
+    (cell,) = grid.cells
+    store = ResultStore(tmp_path, grid.name)
+    if stored:
+        store.put({**executors.cell_record(cell), "status": stored, "error": "x", "history": [], "best_epoch": 0,
+                   "epochs_trained": 0, "test": {}, "wall_seconds": 0})
+    store.runs_dir.mkdir(parents=True, exist_ok=True)
+    pid = os.getpid() if owner == "live" else dead_pid()
+    store.lock_path(cell.run_id).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": 0}))
+    pending([grid], tmp_path)
+    assert store.lock_path(cell.run_id).exists() is kept
 
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, counting_train):

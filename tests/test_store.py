@@ -18,6 +18,8 @@ from ablatrix.errors import AblatrixError
 from ablatrix.spec import load_grid
 from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text, code_revision, environment
 
+from conftest import dead_pid
+
 
 def record(run_id: str = "abc", **fields) -> dict:
     """A minimal finished record (current schema) with every required field."""
@@ -161,13 +163,6 @@ def test_code_revision_is_dirty_only_when_the_package_itself_changed(tmp_path):
     assert code_revision(package) == f"git:{head}"
     (package / "code.py").write_text("x = 2\n")
     assert code_revision(package) == f"git:{head}-dirty"
-
-
-def dead_pid() -> int:
-    """The pid of a process that has exited."""
-    proc = subprocess.Popen([sys.executable, "-c", "pass"])
-    proc.wait()
-    return proc.pid
 
 
 def test_claims_are_exclusive_and_released(tmp_path):

@@ -121,11 +121,13 @@ def available_cores() -> int:
 
 
 def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) -> Todo:
-    """Cells without a record; with `retry_failed`, also those whose record says `failed`."""
+    """Cells without a record; with `retry_failed`, also those whose record says `failed`. Dead
+    claims of done cells are removed on the way (`ResultStore.release_dead_claims`)."""
     todo = []
     for grid in grids:
         store = ResultStore(results, grid.name)
         records = store.records()
+        store.release_dead_claims(records)
         for cell in grid.cells:
             record = records.get(cell.run_id)
             if record is None or (retry_failed and record["status"] == "failed"):

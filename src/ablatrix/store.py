@@ -255,6 +255,15 @@ class ResultStore:
         finally:
             os.unlink(tmp)
 
+    def release_dead_claims(self, records: dict[str, dict[str, Any]]) -> None:
+        """Remove the dead claims of done cells. A runner killed between storing a record and
+        releasing its claim leaves one that no runner takes over (no one claims a done cell), so it
+        would stay for good. Only done cells: a failed one may be claimed again (--retry-failed)."""
+        for lock in self.runs_dir.glob("*.lock"):
+            record = records.get(lock.stem)
+            if record is not None and record["status"] == "done" and not self.claim_alive(lock.stem):
+                lock.unlink(missing_ok=True)
+
     def claim_alive(self, run_id: str) -> bool:
         """Whether the claim on `run_id` exists and its owner is still alive."""
         path = self.lock_path(run_id)
