@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -411,7 +412,7 @@ def busy_workers(process: subprocess.Popen) -> list[int]:
     return busy
 
 
-def kill_node(process: subprocess.Popen, first: list[int] = ()) -> None:
+def kill_node(process: subprocess.Popen, first: Sequence[int] = ()) -> None:
     """SIGKILL a node's processes (`first`, then the raylet, its workers, all below): what a lost
     machine looks like."""
     for pid in [*first, process.pid, *descendants(process.pid)]:
