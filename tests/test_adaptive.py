@@ -24,8 +24,8 @@ OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 GRID = """
 name = "adaptive"
 datasets = ["digits"]
-seeds = [0, 1]
-max_seeds = 6
+seeds = [0, 1, 2]
+max_seeds = 7
 [model]
 conv = [4]
 [axes]
@@ -36,7 +36,8 @@ TEST_SIZE = 1000
 
 
 def accuracy_of(config, effect_05: float, noise: float) -> float:
-    """Known accuracies: dropout 0.2 costs 20 pp and no BatchNorm 10 pp (both decided at once);
+    """Known accuracies: dropout 0.2 costs 20 pp and no BatchNorm 10 pp (both decided at the first look:
+    three seeds, as the sequential design spends almost nothing on two);
     dropout 0.5 changes accuracy by `effect_05` pp with seed noise of sd `noise` pp, the same draw
     with and without BatchNorm (so BatchNorm's pairs stay exact)."""
     dropout, batchnorm = config.model.params["dropout"], config.model.params["batchnorm"]
@@ -67,7 +68,7 @@ def stub_trainer(monkeypatch):
 
 
 def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_path, stub_trainer):
-    """After the grid's seeds, dropout 0.2 is decided and 0.5 is not: the next round adds seed 2
+    """After the grid's seeds, dropout 0.2 is decided and 0.5 is not: the next round adds seed 3
     to the dropout 0.0 and 0.5 cells only (both sides of the open comparison), for that reason."""
     calls, settings = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
@@ -77,12 +78,12 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
     assert "model.dropout 0.5 − 0.0 on digits" in step.undecided
     assert "model.dropout 0.2 − 0.0 on digits" not in step.undecided
     assert {(c.axes["model.dropout"], c.axes["model.batchnorm"], c.config.seed) for c in step.cells} == {
-        (d, bn, 2) for d in (0.0, 0.5) for bn in (True, False)}
+        (d, bn, 3) for d in (0.0, 0.5) for bn in (True, False)}
     assert all("model.dropout 0.5 − 0.0 on digits" in c.reason for c in step.cells)
 
 
 def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer, capsys):
-    """A null effect with 1 pp noise is not decided within 6 seeds: seeding stops at the cap,
+    """A null effect with 1 pp noise is not decided within 7 seeds: seeding stops at the cap,
     having added seeds only to that comparison's cells; `list` counts them and their trainings."""
     calls, settings = stub_trainer
     grid = load_grid(write_grid(GRID))
@@ -92,35 +93,35 @@ def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path,
     seeds_of = {}
     for r in records.values():
         seeds_of.setdefault(r["axes"]["model.dropout"], set()).add(r["seed"])
-    assert seeds_of[0.5] == seeds_of[0.0] == set(range(6)) and seeds_of[0.2] == {0, 1}
-    assert len(calls) == len(set(calls)) == len(records) == 28
+    assert seeds_of[0.5] == seeds_of[0.0] == set(range(7)) and seeds_of[0.2] == {0, 1, 2}
+    assert len(calls) == len(set(calls)) == len(records) == 34
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
-    assert state["at_seed_cap"] == list(outcome.plan.capped) and state["runs_possible"] == 36
+    assert state["at_seed_cap"] == list(outcome.plan.capped) and state["runs_possible"] == 42
     assert state["stopped"] == "seed cap (max_seeds) reached for: model.dropout 0.5 − 0.0 on digits"
     assert main(["list", str(grid.path), "--results", str(tmp_path)]) == 0
-    assert ": 12 cells + 16 of 24 added-seed cells (max_seeds); 28 trainings" in capsys.readouterr().out
+    assert ": 18 cells + 16 of 24 added-seed cells (max_seeds); 34 trainings" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 2", "cap")])
+@pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 3", "cap")])
 def test_without_room_for_more_seeds_nothing_is_added(write_grid, tmp_path, stub_trainer, extra, reason):
     """A grid whose max_seeds is its seed count (or unset) never adds a seed; open effects are named."""
     calls, settings = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
-    grid = load_grid(write_grid(GRID.replace("max_seeds = 6", extra)))
+    grid = load_grid(write_grid(GRID.replace("max_seeds = 7", extra)))
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert outcome.reason == reason and outcome.plan.capped and len(calls) == 12
+    assert outcome.reason == reason and outcome.plan.capped and len(calls) == 18
 
 
 def test_stops_when_every_effect_is_decided(write_grid, tmp_path, stub_trainer):
-    """A real −4 pp effect with 1.5 pp noise is undecided at 2 seeds and decided before the cap."""
+    """A real −4 pp effect with 1.5 pp noise is undecided at 3 seeds and decided before the cap."""
     calls, settings = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
     assert outcome.reason == "decided" and outcome.rounds >= 1 and not outcome.plan.undecided
-    assert 12 < len(calls) < 36
+    assert 18 < len(calls) < 42
     report = write_report([grid], tmp_path).read_text()
-    assert f"stopped: all effects decided after {len(calls)} of 36 possible runs" in report
+    assert f"stopped: all effects decided after {len(calls)} of 42 possible runs" in report
     assert run_grids([grid], tmp_path, OPTIONS).trained == 0  # a plain run adds and removes nothing
     assert len(ResultStore(tmp_path, grid.name).records()) == len(calls)
 
@@ -130,8 +131,8 @@ def test_the_budget_stops_seeding(write_grid, tmp_path, stub_trainer):
     calls, settings = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=14)
-    assert outcome.reason == "budget" and len(calls) == 12 and outcome.plan.undecided
+    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=20)
+    assert outcome.reason == "budget" and len(calls) == 18 and outcome.plan.undecided
 
 
 def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid, tmp_path, stub_trainer):
@@ -143,36 +144,36 @@ def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid
     run_until_decided([grid], tmp_path / "twin", OPTIONS)
     twin = sorted(calls)
     calls.clear()
-    settings["interrupt_at"] = 13  # the grid's 12, then 1 of the first round's 4
+    settings["interrupt_at"] = 19  # the grid's 18, then 1 of the first round's 4
     with pytest.raises(KeyboardInterrupt):
         run_until_decided([grid], tmp_path, OPTIONS)
-    assert len(ResultStore(tmp_path, grid.name).records()) == 13
+    assert len(ResultStore(tmp_path, grid.name).records()) == 19
     settings["interrupt_at"] = None
     outcome = run_until_decided([grid], tmp_path, OPTIONS)
-    assert outcome.reason == "decided" and len(twin) > 16 and sorted(calls) == twin
+    assert outcome.reason == "decided" and len(twin) > 22 and sorted(calls) == twin
     assert len(ResultStore(tmp_path, grid.name).records()) == len(twin)
 
 
 def test_the_design_is_stored_before_any_seed_is_added_and_a_later_call_keeps_it(write_grid, tmp_path, stub_trainer):
-    """seeding.json names the design (first look 2, max_seeds 6, seed order) once the grid's seeds are
+    """seeding.json names the design (first look 3, max_seeds 7, seed order) once the grid's seeds are
     trained; the report says `sequential`; a second call with a smaller cap keeps the stored design,
     and one with a larger cap is refused before anything trains."""
     calls, settings = stub_trainer
-    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=12)  # stop before the first added seed
+    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=18)  # stop before the first added seed
     grid = load_grid(write_grid(GRID))
     with pytest.raises(KeyboardInterrupt):
         run_until_decided([grid], tmp_path, OPTIONS)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
-    assert state["design"] == {"method": state["design"]["method"], "first_look": 2, "max_seeds": 6,
-                               "seed_order": [0, 1, 2, 3, 4, 5]} and "Kim–DeMets" in state["design"]["method"]
-    assert "sequential, 5 looks (seed counts 2–6)" in write_report([grid], tmp_path).read_text()
+    assert state["design"] == {"method": state["design"]["method"], "first_look": 3, "max_seeds": 7,
+                               "seed_order": [0, 1, 2, 3, 4, 5, 6]} and "Kim–DeMets" in state["design"]["method"]
+    assert "sequential, 5 looks (seed counts 3–7)" in write_report([grid], tmp_path).read_text()
     settings["interrupt_at"] = None
-    run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 6", "max_seeds = 4")))], tmp_path, OPTIONS)
+    run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 5")))], tmp_path, OPTIONS)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
-    assert state["design"]["max_seeds"] == 6 and state["looks"]["model.dropout 0.5 − 0.0 on digits"][0] == 2
+    assert state["design"]["max_seeds"] == 7 and state["looks"]["model.dropout 0.5 − 0.0 on digits"][0] == 3
     before = len(calls)
-    with pytest.raises(AblatrixError, match="max_seeds = 6"):
-        run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 6", "max_seeds = 8")))], tmp_path, OPTIONS)
+    with pytest.raises(AblatrixError, match="max_seeds = 7"):
+        run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 9")))], tmp_path, OPTIONS)
     assert len(calls) == before
 
 

@@ -43,17 +43,22 @@ def test_html_has_the_markdown_sections_and_nothing_outside(report):
 
 
 def test_report_html_on_a_partial_grid(write_grid, tmp_path, capsys):
-    """`report --format html` with nothing trained yet still writes both pages, and says so."""
-    assert main(["report", str(write_grid()), "--results", str(tmp_path), "--format", "html"]) == 0
+    """`report --format html` with one cell of four trained writes both pages, says so, and shows
+    the pending cells."""
+    path = write_grid()
+    ResultStore(tmp_path, "tiny").put(fabricate(load_grid(path).cells[0], 0.75))
+    assert main(["report", str(path), "--results", str(tmp_path), "--format", "html"]) == 0
     assert "REPORT.html" in capsys.readouterr().out
-    assert "No finished runs yet." in (tmp_path / "tiny" / "REPORT.html").read_text()
+    assert "3 pending" in (tmp_path / "tiny" / "REPORT.html").read_text()
 
 
 def test_angle_brackets_in_the_report_read_as_written(write_grid, tmp_path):
     """`<data>` in the missing-data section and angle brackets in a description are text, not tags."""
     grid = write_grid(SIX_CONFIGS.replace('name = "tiny"', 'name = "tiny"\ndescription = "a <b>bold</b> claim"')
                       .replace('datasets = ["digits"]', 'datasets = ["digits", "mnist"]'))
-    write_report([load_grid(grid)], tmp_path, ["md", "html"], data_dir=tmp_path / "nodata")
+    grid = load_grid(grid)
+    ResultStore(tmp_path, grid.name).put(fabricate(grid.cells[0], 0.75))
+    write_report([grid], tmp_path, ["md", "html"], data_dir=tmp_path / "nodata")
     page = (tmp_path / "tiny" / "REPORT.html").read_text(encoding="utf-8")
     assert "&lt;data&gt;/MNIST/raw" in page and "a &lt;b&gt;bold&lt;/b&gt; claim" in page
     assert "<b>bold</b>" not in page

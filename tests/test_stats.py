@@ -9,9 +9,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablatrix.stats import (Design, adjusted_level, benjamini_hochberg, decide, holm, interaction_deltas, interval,
-                            mark_best, paired_deltas, probability_of_improvement, seed_summary, seeds_needed,
-                            spent, summarize_deltas, t_interval, t_test_p, verdict,
-                            wilson, z_boundaries)
+                            mark_best, outliers, paired_deltas, per_seed, probability_of_improvement, seed_summary,
+                            seeds_needed, spent, spread_floor, summarize, summarize_deltas, t_interval, t_test_p,
+                            verdict, wilson, z_boundaries)
 
 T_975_DF1, T_975_DF2 = 12.706205, 4.302653  # Student-t 97.5% quantiles from a printed table
 
@@ -299,3 +299,93 @@ def test_a_sequential_seeds_estimate_uses_the_later_looks_boundaries():
     fixed, seq = (decide(summary, ["g"], margin=0.5, design=d)["seeds_needed"] for d in (None, design))
     assert list(fixed) == [seeds_needed(1.0, 1.0, 3, margin=0.5), math.inf]
     assert fixed[0] < seq[0] <= 10 and seq[1] == math.inf
+
+
+STEP = 100 / 359  # one image of the digits test set, in pp
+
+
+def pair_rows(per_seed_pairs: dict[int, list[float]]) -> pd.DataFrame:
+    """Pair deltas (pp) of one effect: seed -> the deltas of its pairs, pair j in column `other`."""
+    return pd.DataFrame([{"comparison": "b − a", "dataset": "d", "other": j, "seed": s, "delta": d, "step": STEP}
+                         for s, deltas in per_seed_pairs.items() for j, d in enumerate(deltas)])
+
+
+def test_seed_means_that_tie_by_chance_decide_nothing():
+    """The quickstart case: both seeds' mean differences are exactly -1 image while their pairs range
+    from -2.5 to +1.1 pp. A zero sd over seeds called it `equivalent` with a zero-width interval;
+    the pairs' own spread now floors it, and the effect stays undecided."""
+    pairs = pair_rows({0: [-9 * STEP, 4 * STEP, 2 * STEP, -1 * STEP], 1: [3 * STEP, -6 * STEP, 1 * STEP, -2 * STEP]})
+    row = decide(summarize_deltas(pairs, ["comparison", "dataset"]), ["dataset"]).iloc[0]
+    assert row["values"] == pytest.approx((-STEP, -STEP)) and row["sd"] == pytest.approx(0, abs=1e-12)
+    assert row["verdict"] == "undecided" and row["p"] > 0.05
+    assert row["ci_high_adjusted"] - row["ci_low_adjusted"] > 2 * 0.5
+
+
+def test_spread_floor_by_hand():
+    """Residual mean square of the seed x pair table over its (S-1)(K-1) df, per pair of a seed mean;
+    with one pair per seed, the rounding sd of the step (Sheppard: step / sqrt(12))."""
+    pairs = pair_rows({0: [1.0, 3.0], 1: [2.0, 0.0], 2: [4.0, 2.0]})
+    # seed means 2, 1, 3; pair means 7/3, 5/3; grand 2: residuals -4/3, +4/3, +2/3, -2/3, +2/3, -2/3,
+    # MS_e = 48/9 over 6 - 3 - 2 + 1 = 2 df; k s^2 = 2 < MS_e, so pooled: (k s^2 + (k - 1) MS_e) / k^2
+    (floor,) = spread_floor(pairs, ["comparison", "dataset"])["sd_floor"]
+    assert floor == pytest.approx(math.sqrt((2 * 1 + 24 / 9) / 4))
+    single = pair_rows({0: [-STEP], 1: [-STEP]})
+    (floor,) = spread_floor(single, ["comparison", "dataset"])["sd_floor"]
+    assert floor == pytest.approx(STEP / math.sqrt(12))
+    row = decide(summarize_deltas(single, ["comparison", "dataset"]), ["dataset"]).iloc[0]
+    half = T_975_DF1 * floor / math.sqrt(2)
+    assert (row["ci_low"], row["ci_high"]) == (pytest.approx(-STEP - half), pytest.approx(-STEP + half))
+    assert row["verdict"] == "undecided"
+
+
+@pytest.mark.parametrize("values, bounds, expected", [
+    ([99.72, 100.0], (0, 100), (None, 100.0)),  # t(1) reaches far past 100
+    ([0.0, 0.28], (0, 100), (0.0, None)),
+    ([97.49, 97.49], (0, 100), (97.49 - T_975_DF1 * STEP / math.sqrt(12) / math.sqrt(2), None)),
+])
+def test_accuracy_intervals_stay_in_range_and_never_shrink_to_a_point(values, bounds, expected):
+    """The accuracy table's interval: inside [0, 100], and tied seeds give the rounding sd's width."""
+    summary = summarize(pd.Series(values), step=STEP, bounds=bounds)
+    assert bounds[0] <= summary["ci_low"] < summary["ci_high"] <= bounds[1]
+    for got, want in zip((summary["ci_low"], summary["ci_high"]), expected):
+        if want is not None:
+            assert got == pytest.approx(want)
+
+
+@pytest.mark.parametrize("values, flagged", [
+    ([0.1, -0.2, 0.0, 0.15, 0.05, 0.1, -0.1, 8.0], "7: +8.00"),  # one seed of eight diverging
+    ([0.1, -0.2, 0.0, 0.15, 0.05, 0.1, -0.1, 0.3], ""),
+    ([1.0, 2.0, 3.0, 4.0], ""),
+    ([0.0, 0.0, 0.0, 5.0], "3: +5.00"),  # the others tie: their floor, not 0, is the yardstick
+    ([0.0, 0.0, 9.0], ""),  # under 4 seeds nothing is called an outlier
+])
+def test_outlier_seeds(values, flagged):
+    """A seed outside the others' prediction interval (Bonferroni over the seeds) is named with its value."""
+    assert outliers(values, list(range(len(values))), sd_floor=0.1) == flagged
+
+
+def binomial_deltas(effect_pp: float, trials: int, seeds: int, pairs: int, rng: np.random.Generator,
+                    images: int = 359, accuracy: float = 0.985) -> pd.DataFrame:
+    """Pair deltas of accuracies counted on a finite test set: each model's true accuracy varies by
+    seed (0.3 pp) and model (0.2 pp), and its test count is binomial, so values tie and sit near 100%."""
+    shape = (trials, seeds, pairs)
+    seed_draw = 0.003 * rng.standard_normal((trials, seeds, 1))
+    base = np.clip(accuracy + seed_draw + 0.002 * rng.standard_normal(shape), 0, 1)
+    changed = np.clip(accuracy + effect_pp / 100 + seed_draw + 0.002 * rng.standard_normal(shape), 0, 1)
+    delta = 100 * (rng.binomial(images, changed) - rng.binomial(images, base)) / images
+    t, s, j = np.meshgrid(np.arange(trials), np.arange(seeds), np.arange(pairs), indexing="ij")
+    return pd.DataFrame({"trial": t.ravel(), "other": j.ravel(), "seed": s.ravel(), "delta": delta.ravel(),
+                         "step": 100 / images})
+
+
+@pytest.mark.parametrize("seeds", [2, 3, 5])
+def test_verdicts_on_tied_binomial_accuracies_keep_their_error_rates(seeds):
+    """Accuracies near 100% on 359 images (many ties): no effect is called better/worse, and an
+    effect of twice the margin is called equivalent, at most 5% of the time (3 Monte-Carlo se)."""
+    rng, trials = np.random.default_rng(seeds), 1500
+    limit = 0.05 + 3 * math.sqrt(0.05 * 0.95 / trials)
+    for effect, wrong in ((0.0, ("better", "worse")), (1.0, ("equivalent",))):
+        frame = binomial_deltas(effect, trials, seeds, 2, rng)
+        floors = spread_floor(frame, ["trial"])
+        out = decide(seed_summary(per_seed(frame, ["trial"]), ["trial"], floors=floors), ["trial"], margin=0.5)
+        assert out["verdict"].isin(wrong).mean() <= limit

@@ -16,7 +16,7 @@ from .datasets import register_torchvision
 from .adaptive import run_until_decided
 from .export import EXPORTERS
 from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
-from .report import FORMATS, axis_value, unavailable_data, write_report
+from .report import FORMATS, axis_value, outputs, unavailable_data, write_report
 from .spec import Grid, load_grid
 from .store import ResultStore
 
@@ -27,6 +27,8 @@ def _grids(args: argparse.Namespace) -> list[Grid]:
     if len(set(names)) != len(names):
         raise AblatrixError(f"two grid files share the name {max(names, key=names.count)!r}; "
                             "their results would mix")
+    for grid in grids:
+        ResultStore(args.results, grid.name).bind(grid.path, write=args.verb == "run")
     return grids
 
 
@@ -133,8 +135,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     for fmt in formats:
         if fmt not in FORMATS:
             raise AblatrixError(f"--format {fmt!r}: choose from {', '.join(FORMATS)}")
-    report = write_report(_grids(args), args.results, formats, args.data_dir)
-    print(f"wrote {report}" + (f" and {report.with_suffix('.html')}" if "html" in formats else ""))
+    out = write_report(_grids(args), args.results, formats, args.data_dir).parent
+    files = outputs(out)
+    figures = [f for f in files if f.parent != out]
+    print(f"wrote {out}: " + ", ".join(f.name for f in files if f.parent == out)
+          + (f" and {len(figures)} figure files in figures/" if figures else ""))
     return 0
 
 

@@ -95,15 +95,27 @@ def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) 
 
 def over_seeds(frame: pd.DataFrame, keys: Sequence[str], value: str) -> pd.DataFrame:
     """`value` averaged over everything but `keys` within each seed, then mean and std over seeds:
-    one row per combination of `keys`, the std telling seed-to-seed spread only."""
+    one row per combination of `keys`, the std telling seed-to-seed spread only; `runs`, the rows
+    behind it (fewer at late epochs once early stopping ended some runs)."""
     per_seed = frame.groupby([*keys, "seed"], sort=False)[value].mean()
-    return per_seed.groupby(list(keys), sort=False).agg(["mean", "std"]).reset_index()
+    out = per_seed.groupby(list(keys), sort=False).agg(["mean", "std"])
+    return out.join(frame.groupby(list(keys), sort=False)[value].size().rename("runs")).reset_index()
 
 
 def _band(ax: plt.Axes, rows: pd.DataFrame, colour: Any, split: str, label: str | None) -> None:
-    """Mean line, validation solid with a ± 1 std band (where there is a std), train dashed."""
+    """Mean line, validation solid with a ± 1 std band (where there is a std), train dashed; past the
+    first epoch some run of the line no longer reached (early stopping), a thin dotted line with a
+    tick at that epoch: the mean of the runs still training is not the same average."""
     rows = rows.sort_values("epoch")
-    ax.plot(rows["epoch"], rows["mean"], "-" if split == "val" else "--", color=colour, label=label, lw=1.2)
+    full = rows["runs"] >= rows["runs"].max() if "runs" in rows else pd.Series(True, index=rows.index)
+    last = rows.loc[full, "epoch"].max()
+    whole, tail = rows[rows["epoch"] <= last], rows[rows["epoch"] >= last]
+    ax.plot(whole["epoch"], whole["mean"], "-" if split == "val" else "--", color=colour, label=label, lw=1.2)
+    if len(tail) > 1:
+        ax.plot(tail["epoch"], tail["mean"], ":", color=colour, lw=0.8)
+        if split == "val":
+            ax.plot([last], whole["mean"].iloc[-1:], "|", color=colour, ms=9, mew=1.5)
+    rows = whole
     if split == "val":  # one band per line pair keeps the figure legible and its PDF small
         ax.fill_between(rows["epoch"], rows["mean"] - rows["std"], rows["mean"] + rows["std"], color=colour,
                         alpha=0.15, lw=0)
@@ -126,7 +138,8 @@ def curves_by_factor(history: pd.DataFrame, factors: Sequence[str], palette: Col
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         _legend(row[1], short(factor))
     fig.suptitle(f"{dataset}: learning curves by factor (solid: validation with a band of ± 1 std over "
-                 "seeds; dashed: train)", y=1.0)
+                 "seeds; dashed: train;\ndotted after a tick: some runs had stopped early, the mean is of those "
+                 "still training)", y=1.02)
     fig.tight_layout()
     return f"{dataset}: learning curves by factor", _save(fig, folder, f"curves_by_factor_{dataset}")
 
@@ -146,7 +159,9 @@ def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str]
         shown.update({config: _wrap(f"best {i}: {config}") for i, config in enumerate(best, 1)})
         title = f"learning curves of the best {BEST_SHOWN} of {len(table)} configurations and the baseline"
     summary = (history[history["config"].isin(shown)]
-               .groupby(["config", "epoch", "split", "metric"], sort=False)["value"].agg(["mean", "std"]).reset_index())
+               .groupby(["config", "epoch", "split", "metric"], sort=False)["value"]
+               .agg(["mean", "std"]).join(history.groupby(["config", "epoch", "split", "metric"], sort=False)
+                                         ["value"].size().rename("runs")).reset_index())
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, metric in zip(axes, ("loss", "accuracy")):
         for (config, label), colour in zip(shown.items(), sns.color_palette("tab10", len(shown))):
@@ -156,7 +171,8 @@ def curves(history: pd.DataFrame, accuracy: pd.DataFrame, factors: Sequence[str]
                 _band(ax, rows, colour, split, label if split == "val" else None)
         ax.set(title=metric, xlabel="epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    _legend(axes[1], "configuration\n(solid: validation, band ± 1 std\nover seeds; dashed: train)")
+    _legend(axes[1], "configuration\n(solid: validation, band ± 1 std\nover seeds; dashed: train;\ndotted: "
+                     "runs stopped early)")
     fig.suptitle(f"{dataset}: {title}", y=1.02)
     return f"{dataset}: {title}", _save(fig, folder, f"curves_{dataset}")
 
@@ -221,7 +237,10 @@ def accuracy_vs_axis(done: pd.DataFrame, factors: Sequence[str], palette: Colour
             rows = rows.assign(x=rows[axis].astype(float)).sort_values("x")
             ax.errorbar(rows["x"], rows["mean"], yerr=rows["std"].fillna(0), marker="o", ms=3, capsize=2,
                         color=colour, label=None if other is None else str(level))
-        ax.set(title=f"by {short(other)}" if other else "", xlabel=axis, ylabel="test accuracy %")
+        ax.set(title=f"by {short(other)}" if other else "", xlabel=axis + (" (log scale)" if log_scale(
+            done[axis]) else ""), ylabel="test accuracy %")
+        if log_scale(done[axis]):
+            ax.set_xscale("log")
         if other:  # below its own panel, so it never covers the next one
             ax.legend(title=short(other), fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.3),
                       ncol=min(5, len(palette[other])), frameon=False)
@@ -229,6 +248,45 @@ def accuracy_vs_axis(done: pd.DataFrame, factors: Sequence[str], palette: Colour
     fig.tight_layout()
     stem = f"axis_{axis.replace('.', '_')}_{dataset}"
     return f"{dataset}: accuracy against {axis}", _save(fig, folder, stem)
+
+
+def log_scale(values: pd.Series) -> bool:
+    """Positive values spanning a factor of 10 or more (learning rates, weight decays) read on a log axis."""
+    x = values.astype(float)
+    return bool((x > 0).all() and x.max() / x.min() >= 10)
+
+
+def forest(deltas: pd.DataFrame, interactions: pd.DataFrame, dataset: str, margin: float, confidence: float,
+           folder: Path) -> Figure:
+    """The effects of one dataset as a forest plot: each main effect (and interaction) its mean
+    paired difference with its adjusted interval, the ±margin band of practical equivalence shaded,
+    coloured by verdict."""
+    rows = [(f"{short(r.factor)}: {r.comparison}", r.mean, r.ci_low_adjusted, r.ci_high_adjusted, r.verdict)
+            for r in deltas[deltas["dataset"] == dataset].itertuples()]
+    rows += [(f"{short(r.factor_a)} {r.comparison_a} × {short(r.factor_b)} {r.base_b}→{r.level_b}", r.mean,
+              r.ci_low_adjusted, r.ci_high_adjusted, r.verdict)
+             for r in interactions[interactions["dataset"] == dataset].itertuples()]
+    colour = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "detected": "tab:purple"}
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.38 * len(rows)))
+    ax.axvspan(-margin, margin, color="0.88", lw=0)
+    ax.axvline(0, color="0.3", lw=0.8)
+    for y, (label, mean, low, high, verdict) in enumerate(rows):
+        c = colour.get(verdict, "0.45")
+        if not np.isnan(low):
+            ax.plot([low, high], [y, y], color=c, lw=2)
+        ax.plot([mean], [y], "o", color=c, ms=5)
+    for verdict, c in colour.items():  # one legend entry per verdict that occurs
+        if any(r[4] == verdict for r in rows):
+            ax.plot([], [], "o-", color=c, label=verdict)
+    if any(r[4] == "undecided" for r in rows):
+        ax.plot([], [], "o-", color="0.45", label="undecided")
+    ax.set_yticks(range(len(rows)), [_wrap(r[0]) for r in rows])
+    ax.invert_yaxis()
+    ax.set(xlabel=f"Δ test accuracy, pp (mean over seeds, {confidence:.0%} CI adjusted; shaded: the "
+                  f"equivalence margin ±{margin:g} pp)",
+           title=f"{dataset}: effects against each factor's first value")
+    _legend(ax, "verdict")
+    return f"{dataset}: effects with adjusted intervals (forest plot)", _save(fig, folder, f"forest_{dataset}")
 
 
 def _numeric(values: pd.Series) -> bool:
@@ -259,7 +317,7 @@ def interaction(done: pd.DataFrame, a: str, b: str, palette: Colours, dataset: s
 
 
 def draw_all(done: pd.DataFrame, per_class: pd.DataFrame, records: Records, factors: Sequence[str],
-             tables: dict[str, pd.DataFrame], confidence: float, folder: Path) -> list[Figure]:
+             tables: dict[str, pd.DataFrame], confidence: float, margin: float, folder: Path) -> list[Figure]:
     """Every figure of the report. `factors` are those that vary; `tables` the report's tables:
     `accuracy` (to find the best configuration), `per_class_deltas`, and `interactions` (the
     detected ones are drawn). Figures that carry no information at a grid's size are not drawn."""
@@ -274,6 +332,8 @@ def draw_all(done: pd.DataFrame, per_class: pd.DataFrame, records: Records, fact
         runs = done[done["dataset"] == dataset]
         history = history_frame(runs, records, shown)
         rows = accuracy[accuracy["dataset"] == dataset]
+        if (tables["deltas"]["dataset"] == dataset).any():
+            drawn.append(forest(tables["deltas"], interactions, dataset, margin, confidence, folder))
         if factors:
             drawn.append(curves_by_factor(history, factors, palette, dataset, folder))
         drawn.append(curves(history, tables["accuracy"], shown, dataset, folder))

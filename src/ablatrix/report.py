@@ -17,7 +17,7 @@ from typing import Any, Collection, Sequence
 import pandas as pd
 from tabulate import tabulate
 
-from . import figures
+from . import figures, latex
 from .report_html import write_html
 from .data import DATASETS, data_root
 from .errors import AblatrixError
@@ -125,12 +125,27 @@ def collect(grids: Sequence[Grid], results: Path, write: bool = True) -> Results
     return Results(list(grids), runs_all, per_class_all, all_records, factors)
 
 
+def steps(res: Results) -> dict[str, float]:
+    """Each dataset's resolution in pp: one test image of N moves accuracy by 100/N."""
+    sizes = res.per_class.groupby(["dataset", "run_id"])["support"].sum().groupby("dataset").max()
+    return {dataset: 100 / size for dataset, size in sizes.items()}
+
+
+def class_steps(res: Results) -> pd.DataFrame:
+    """Each class's resolution in pp (100 / its test images), by dataset and class index."""
+    support = res.per_class.groupby(["dataset", "class_index"])["support"].max()
+    return (100 / support).rename("step").reset_index()
+
+
 def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
-    """Test accuracy (%) per configuration and dataset: mean, std, t-CI, seeds, best/tie, gaps."""
+    """Test accuracy (%) per configuration and dataset: mean, std, t-CI (its sd at least the test
+    set's rounding sd, its bounds inside 0-100), seeds, best/tie, gaps."""
     keys = [*res.factors, "dataset"]
     status = res.runs.groupby(keys, sort=False)["status"].value_counts().unstack(fill_value=0)
-    summary = res.done.groupby(keys, sort=False)["test_accuracy"].apply(
-        lambda s: summarize(100 * s, settings.confidence)).unstack()
+    step = steps(res)
+    summary = res.done.groupby(keys, sort=False)[["test_accuracy", "dataset"]].apply(
+        lambda g: summarize(100 * g["test_accuracy"], settings.confidence, step.get(g["dataset"].iat[0], 0.0),
+                            (0.0, 100.0)))
     table = status.join(summary, how="left").reset_index()
     for column in ("done", "failed", "pending"):
         table[column] = table[column] if column in table else 0
@@ -158,6 +173,7 @@ INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b",
 # Main effects and interactions of a dataset are one family (Holm: few, and each may be acted on);
 # per-class effects of a dataset another (Benjamini-Hochberg: many, read as a screen).
 MAIN_METHOD, CLASS_METHOD = "holm", "bh"
+REPLAYED = ["values", "seeds"]  # the seed means (and their seeds) the decisions replayed; not table columns
 
 
 def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] = SUMMARY_COLUMNS) -> pd.DataFrame:
@@ -177,8 +193,10 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
     done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
     overall, interactions = [], []
     factors = varied(res)
+    step = steps(res)
     for factor in factors:
         pairs = paired_deltas(done, factor, res.factors, "accuracy")
+        pairs["step"] = pairs["dataset"].map(step)
         overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level, order).assign(factor=factor))
     for a, b in itertools.combinations(factors, 2):
         pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
@@ -186,6 +204,7 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
             continue
         by = ["comparison_a", "level_b", "base_b", "dataset"]
         conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
+        pairs = pairs.drop(columns=["effect_at_base", "effect_at_level"]).assign(step=pairs["dataset"].map(step))
         interactions.append(summarize_deltas(pairs, by, level, order).join(conditional, on=by)
                             .assign(factor_a=a, factor_b=b))
     main = _frame(overall, EFFECT_KEYS)
@@ -193,9 +212,9 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
     # One family per dataset: main effects and interactions are adjusted together.
     family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
                     ["dataset"], MAIN_METHOD, level, settings.margin, design)
-    family = family.drop(columns="values")  # the seed means the decisions replayed; not a table column
-    main = family.loc[family["kind"] == "main", [*main.columns.drop("values"), *DECISION_COLUMNS]]
-    inter = family.loc[family["kind"] == "interaction", [*inter.columns.drop("values"), *DECISION_COLUMNS]]
+    family = family.drop(columns=REPLAYED)
+    main = family.loc[family["kind"] == "main", [*main.columns.drop(REPLAYED), *DECISION_COLUMNS]]
+    inter = family.loc[family["kind"] == "interaction", [*inter.columns.drop(REPLAYED), *DECISION_COLUMNS]]
     inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
                                                        "equivalent": "negligible", "undecided": "undecided"}))
     detected = inter[inter["verdict"] == "detected"]
@@ -214,10 +233,11 @@ def class_effect_table(res: Results, settings: ReportSettings, design: Design | 
     per_class = []
     for factor in varied(res):
         pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
+        pairs = pairs.merge(class_steps(res), on=["dataset", "class_index"], how="left")
         per_class.append(summarize_deltas(pairs, ["comparison", "dataset", "class_index", "class"],
                                           settings.confidence, design.order if design else ()).assign(factor=factor))
     return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
-                  design).drop(columns="values")
+                  design).drop(columns=REPLAYED)
 
 
 def cost_table(res: Results) -> pd.DataFrame:
@@ -334,7 +354,8 @@ def _deltas_md(deltas: pd.DataFrame, confidence: float, cap: int) -> pd.DataFram
                                  zip(deltas["wins"], deltas["ties"], deltas["losses"])],
         "verdict": deltas["verdict"],
         "seeds to decide": [_seeds(x, n, cap) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
-        "depends on": deltas["interacts_with"]})
+        "depends on": deltas["interacts_with"],
+        **({"outlying seeds": deltas["outlier_seeds"]} if deltas["outlier_seeds"].astype(bool).any() else {})})
 
 
 def _interactions_md(interactions: pd.DataFrame, confidence: float, cap: int) -> pd.DataFrame:
@@ -370,6 +391,9 @@ def _effect_sentence(row: Any, margin: float, cap: int) -> str:
                 + (f" {_interval(row.p_improvement_low, row.p_improvement_high, False)}"
                    if not math.isnan(row.p_improvement_low) else "") + f", {_replicates(row.n, row.pairs)}")
     depends = f"; but it depends on {row.interacts_with} (see Interactions)" if row.interacts_with else ""
+    if row.outlier_seeds:
+        depends += (f"; **check seed(s) {row.outlier_seeds}**: far from the other seeds' differences, they can "
+                    "carry or hide this verdict on their own")
     if row.verdict in ("better", "worse"):
         word = "raises" if row.verdict == "better" else "lowers"
         return f"- {change} **{word}** test accuracy ({evidence}){depends}."
@@ -473,7 +497,13 @@ def _statistics_line(settings: ReportSettings, design: Design | None) -> str:
                     "its verdict holds whenever seeding stops")
     return (f"- statistics: mean ± sample std over seeds; {level} CI is the Student-t interval of the mean; "
             "paired differences match dataset, seed and every other factor, and are averaged within each seed "
-            f"(the unit of replication) before any test. Analysis: {analysis}. p-values are "
+            "(the unit of replication) before any test. Spread floor: an sd over seeds is taken as at least what "
+            "the test set's resolution allows (one image of N moves accuracy by 100/N pp; tied values carry "
+            "Sheppard's rounding sd, step/√12) and, for effects averaged over pairs, what the pairs' own spread "
+            "allows (the seed x pair residual, pooled when the seed means vary less than it: a negative variance "
+            "component set to zero), so seeds that tie by chance never give a zero-width interval; accuracy "
+            "intervals are clipped to [0, 100]. A seed outside the others' prediction interval (Bonferroni over "
+            f"the seeds, 4 seeds or more) is named beside its effect. Analysis: {analysis}. p-values are "
             f"adjusted per dataset: main effects and interactions together by Holm–Bonferroni, per-class "
             f"effects by Benjamini–Hochberg. Verdicts: equivalent "
             f"when the adjusted CI lies inside ±{settings.margin:g} pp, else better / worse when it excludes 0, "
@@ -490,12 +520,16 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     settings = report_settings(grids)
     res = collect(grids, results)
     out = report_dir(grids, results)
+    paths = " ".join(g.path.as_posix() for g in grids)
+    if res.done.empty:
+        raise AblatrixError(f"no finished run of {paths} in {results} yet: run `ablatrix run {paths}"
+                            + (f" --results {results}" if Path(results) != Path("results") else "") + "` first")
+    formats = [*formats, *(f for f in formats_written(out) if f not in formats)]
     root = data_root(data_dir)
     # A committed report must not carry this machine's folders: name the data folder by its rule.
     missing = {name: message.replace(str(root), "<data>")
                for name, message in unavailable_data(grids, root, set(res.done["dataset"])).items()}
     counts = res.runs["status"].value_counts()
-    paths = " ".join(g.path.as_posix() for g in grids)
     datasets = list(dict.fromkeys(res.runs["dataset"]))
     state = seeding_state(grids, results)
     design = design_of(grids, state)
@@ -552,15 +586,20 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         lines += ["## Published results beside ours", "",
                   render(shown[["source", "cells", "metric", "published %", "ours %", "ours − published (pp)"]],
                          "md", ["source", "cells", "metric"]), ""]
-    if not tables:
-        return _write_pages(out, lines + ["No finished runs yet."], formats)
-
-    for name, table in tables.items():
-        for fmt in set(formats) - {"md", "html"}:
-            atomic_write_text(out / f"{name}.{fmt}", render(table, fmt, res.factors))
+    if "csv" in formats:
+        for name, table in tables.items():
+            atomic_write_text(out / f"{name}.csv", render(table, "csv", res.factors))
+    if "tex" in formats:
+        name = "+".join(g.name for g in grids)
+        atomic_write_text(out / "ablation.tex", latex.ablation_table(
+            tables["accuracy"], against_base(res, settings, design), varied(res) or res.factors, name,
+            settings.confidence, settings.margin))
+        atomic_write_text(out / "effects.tex", latex.effects_table(
+            tables["deltas"], tables["interactions"][tables["interactions"]["verdict"] != "negligible"], name,
+            settings.confidence, settings.margin))
     detected = tables["interactions"][tables["interactions"]["verdict"] == "detected"]
     figs = figures.draw_all(res.done, res.per_class, res.records, varied(res), tables, settings.confidence,
-                            out / "figures")
+                            settings.margin, out / "figures")
     level = f"{settings.confidence:.0%}"
     lines += ["## Test accuracy per configuration", "",
               f"**Bold**: best mean per dataset; `tie`: mean inside the best's {level} CI.", "",
@@ -606,12 +645,61 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   for r in failed.itertuples()] + [""]
     lines += ["## Figures", ""] + [f"![{caption}]({path.relative_to(out).as_posix()})\n"
                                    for caption, path in figs]
-    return _write_pages(out, lines, formats)
-
-
-def _write_pages(out: Path, lines: list[str], formats: Sequence[str]) -> Path:
-    """REPORT.md, and REPORT.html made from it when asked for; returns REPORT.md's path."""
     atomic_write_text(out / "REPORT.md", "\n".join(lines) + "\n")
     if "html" in formats:
         write_html(out / "REPORT.md")
+    written = {out / "REPORT.md", out / "runs.csv", out / "per_class.csv"}
+    written |= {out / "REPORT.html"} if "html" in formats else set()
+    written |= {out / f"{name}.csv" for name in tables} if "csv" in formats else set()
+    written |= {out / "ablation.tex", out / "effects.tex"} if "tex" in formats else set()
+    written |= {p for _, png in figs for p in (png, png.with_suffix(".pdf"))}
+    remove_stale(out, written)
     return out / "REPORT.md"
+
+
+OUTPUTS = ("REPORT.md", "REPORT.html", "*.csv", "*.tex", "figures/*.png", "figures/*.pdf")
+
+
+def formats_written(out: Path) -> list[str]:
+    """The formats a report in `out` was written in before (html, tex, csv tables), so a new report
+    rewrites them all and no file there is older than the records it describes."""
+    found = {"html": (out / "REPORT.html").exists(), "tex": any(out.glob("*.tex")),
+             "csv": (out / "accuracy.csv").exists()}
+    return [fmt for fmt, there in found.items() if there]
+
+
+def outputs(out: Path) -> list[Path]:
+    """The report's files in `out` (not its records, weights or seeding file)."""
+    return sorted(p for pattern in OUTPUTS for p in out.glob(pattern))
+
+
+def remove_stale(out: Path, written: Collection[Path]) -> None:
+    """Remove report files that this report did not write (a figure of a level, a table no longer
+    made): what is left in `out` describes the records as they are now."""
+    for path in set(outputs(out)) - set(written):
+        path.unlink()
+
+
+def against_base(res: Results, settings: ReportSettings, design: Design | None = None) -> pd.DataFrame:
+    """Each configuration's paired difference in test accuracy from the base (the grid's first
+    configuration) on the same dataset and seed, decided per dataset with Holm: config (a tuple
+    of the varied factors' values), dataset, mean, adjusted interval, verdict."""
+    shown = varied(res) or res.factors
+    done = res.done.assign(accuracy=100 * res.done["test_accuracy"],
+                           config=[tuple(r) for r in res.done[shown].itertuples(index=False)])
+    configs = list(dict.fromkeys(done["config"]))
+    base = done[done["config"] == configs[0]].set_index(["dataset", "seed"])["accuracy"]
+    step = steps(res)
+    frames = []
+    for config in configs[1:]:
+        other = done[done["config"] == config].set_index(["dataset", "seed"])["accuracy"]
+        joined = pd.concat({"base": base, "other": other}, axis=1, join="inner").dropna()
+        frames.append((joined["other"] - joined["base"]).rename("delta").reset_index().assign(
+            config=[config] * len(joined)))
+    columns = ["config", "dataset", "mean", "ci_low_adjusted", "ci_high_adjusted", "verdict"]
+    if not frames:
+        return pd.DataFrame(columns=columns)
+    pairs = pd.concat(frames, ignore_index=True)
+    pairs["step"] = pairs["dataset"].map(step)
+    summary = summarize_deltas(pairs, ["config", "dataset"], settings.confidence, design.order if design else ())
+    return decide(summary, ["dataset"], MAIN_METHOD, settings.confidence, settings.margin, design)[columns]

@@ -48,17 +48,30 @@ SEEDS_CAP = 50  # seeds_needed beyond this is reported as "more than SEEDS_CAP"
 RESAMPLES = 2000  # bootstrap resamples of P(improvement)
 
 
-def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Mean and the two-sided Student-t confidence interval of the mean (NaN bounds for n < 2)."""
+def t_interval(values: Sequence[float], confidence: float = CONFIDENCE, sd_floor: float = 0.0,
+               bounds: tuple[float, float] = (-math.inf, math.inf)) -> tuple[float, float, float]:
+    """Mean and the two-sided Student-t confidence interval of the mean (NaN bounds for n < 2), its sd
+    taken as at least `sd_floor` and its bounds clipped to `bounds` (the metric's range)."""
     x = np.asarray(values, dtype=float)
     mean = float(x.mean()) if len(x) else math.nan
-    sd = float(x.std(ddof=1)) if len(x) > 1 else math.nan
-    return (mean, *interval(mean, sd, len(x), confidence))
+    sd = max(float(x.std(ddof=1)), sd_floor) if len(x) > 1 else math.nan
+    low, high = interval(mean, sd, len(x), confidence)
+    return mean, *(float(np.clip(b, *bounds)) if not math.isnan(b) else b for b in (low, high))
 
 
-def summarize(values: pd.Series, confidence: float = CONFIDENCE) -> pd.Series:
-    """mean, std (n-1), ci_low, ci_high of one group."""
-    mean, low, high = t_interval(values.to_numpy(), confidence)
+def rounding_sd(step: float, count: float = 1) -> float:
+    """The sd that values recorded on a grid of `step` carry from the grid alone: a uniform error
+    over one step has variance step^2 / 12 (Sheppard's correction), and a mean of `count` such
+    values step^2 / (12 count). Accuracy on a test set of N images moves in steps of 100/N pp, so
+    two seeds that tie show a spread below about a step, never a spread of zero."""
+    return step / math.sqrt(12 * count)
+
+
+def summarize(values: pd.Series, confidence: float = CONFIDENCE, step: float = 0.0,
+              bounds: tuple[float, float] = (-math.inf, math.inf)) -> pd.Series:
+    """mean, std (n-1), ci_low, ci_high of one group; the interval's sd is at least the rounding sd
+    of `step` (the metric's resolution) and its bounds stay inside `bounds`."""
+    mean, low, high = t_interval(values.to_numpy(), confidence, rounding_sd(step), bounds)
     std = float(values.std(ddof=1)) if len(values) > 1 else math.nan
     return pd.Series({"mean": mean, "std": std, "ci_low": low, "ci_high": high})
 
@@ -251,29 +264,115 @@ def per_seed(deltas: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return deltas.groupby([*by, "seed"], sort=False, observed=True)["delta"].mean().reset_index()
 
 
+def spread_floor(deltas: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
+    """Per group of `by` (over pair rows: `by`, `seed`, the pair's own keys, `delta` and optionally
+    `step`, the resolution of one pair's delta): the least sd of a seed mean that the pairs show,
+    `sd_floor`. The sd of seed means can come out far too small by chance, and exactly 0 when a
+    discrete metric ties; an interval from it claims a precision the data do not have. Two floors:
+
+    - the pairs' own spread: with d(seed s, pair j) = mu + a_j + b_s + e_sj (a_j the other factors'
+      settings, b_s the seed's draw shared by its pairs), a seed mean of k pairs varies by
+      var(b) + var(e)/k >= var(e)/k, and the residual mean square of the seed x pair table, MS_e,
+      estimates var(e) on its own degrees of freedom. When the seed means vary less than that
+      allows (k s^2 < MS_e), the variance-component estimate of var(b) is negative; it is set to
+      zero and the two sums of squares are pooled (Searle, Casella and McCulloch, Variance
+      Components, 1992, ch. 4): the floor is sqrt((k s^2 + (k - 1) MS_e) / k^2), which exceeds s
+      exactly then, so max(s, floor) is that rule.
+    - the resolution: `rounding_sd` of the pairs' step, for a mean of k of them.
+
+    Pair keys are the columns other than `by`, seed, delta and step; without them (one pair per
+    seed) only the resolution floor applies."""
+    keys = list(by)
+    pair_keys = [c for c in deltas.columns if c not in (*keys, "seed", "delta", "step")]
+    groups = deltas.groupby(keys, sort=False, observed=True)
+    out = groups["seed"].nunique().rename("seeds").to_frame()
+    out["rows"] = groups.size()
+    k = out["rows"] / out["seeds"]
+    pooled_sd = pd.Series(math.nan, index=out.index)
+    if pair_keys:
+        d = deltas["delta"]
+        seed_mean = deltas.groupby([*keys, "seed"], sort=False, observed=True)["delta"].transform("mean")
+        pair_mean = deltas.groupby([*keys, *pair_keys], sort=False, observed=True)["delta"].transform("mean")
+        residual = (d - seed_mean - pair_mean + groups["delta"].transform("mean")) ** 2
+        by_group = [deltas[c] for c in keys]
+        out["ss"] = residual.groupby(by_group, sort=False, observed=True).sum()
+        seed_means = pd.concat([*by_group, seed_mean.rename("_mean"), deltas["seed"]], axis=1).drop_duplicates(
+            [*keys, "seed"])
+        out["s2"] = seed_means.groupby(keys, sort=False, observed=True)["_mean"].var(ddof=1)
+        out["pairs"] = (deltas[[*keys, *pair_keys]].drop_duplicates().groupby(keys, sort=False, observed=True)
+                        .size())
+        df = out["rows"] - out["seeds"] - out["pairs"] + 1
+        ms_e = out["ss"].where(df > 0) / df.where(df > 0)
+        pooled_sd = np.sqrt((k * out["s2"] + (k - 1) * ms_e) / k ** 2)
+    step = groups["step"].mean() if "step" in deltas else pd.Series(0.0, index=out.index)
+    out["sd_floor"] = np.fmax(pooled_sd.fillna(0.0), (step / np.sqrt(12 * k)).fillna(0.0))
+    return out["sd_floor"].reset_index()
+
+
 def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[int] = (),
-                 confidence: float = CONFIDENCE) -> pd.DataFrame:
-    """Per group of `by` (over `per_seed` rows): mean, sd, t-interval, t-test p, the number of
-    seeds `n`, and `values`, the seed means in the order the seeds were added (`order`, then the
-    others by number) that a sequential analysis replays look by look."""
+                 confidence: float = CONFIDENCE, floors: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Per group of `by` (over `per_seed` rows): mean, sd, `sd_floor` (from `floors`, see
+    `spread_floor`; 0 without), t-interval and t-test p from the larger of sd and its floor, the
+    number of seeds `n`, and `values` and `seeds`, the seed means and their seeds in the order the
+    seeds were added (`order`, then the others by number) that a sequential analysis replays look
+    by look."""
     rank = {s: i for i, s in enumerate(order)}
     frame = seed_means.assign(_rank=[rank.get(s, len(rank) + s) for s in seed_means["seed"]])
     frame = frame.sort_values("_rank", kind="stable")
-    grouped = frame.groupby(list(by), sort=False, observed=True)["delta"]
-    out = grouped.agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
-    out["values"] = grouped.agg(tuple).to_numpy()
-    out["p"] = [t_test_p(v) for v in out["values"]]
-    out["ci_low"], out["ci_high"] = interval(out["mean"], out["sd"], out["n"], confidence)
+    grouped = frame.groupby(list(by), sort=False, observed=True)
+    out = grouped["delta"].agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
+    out["values"] = grouped["delta"].agg(tuple).to_numpy()
+    out["seeds"] = grouped["seed"].agg(tuple).to_numpy()
+    out["sd_floor"] = 0.0 if floors is None else out[list(by)].merge(floors, on=list(by), how="left")[
+        "sd_floor"].fillna(0.0).to_numpy()
+    sd = used_sd(out)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(out["mean"]) / (sd / np.sqrt(out["n"]))
+    p = 2 * scipy_stats.t.sf(t, out["n"] - 1)
+    out["p"] = np.where(out["n"] < 2, math.nan, np.where(sd == 0, np.where(out["mean"] == 0, 1.0, 0.0), p))
+    out["ci_low"], out["ci_high"] = interval(out["mean"], sd, out["n"], confidence)
+    out["outlier_seeds"] = [outliers(v, s, f) for v, s, f in zip(out["values"], out["seeds"], out["sd_floor"])]
     return out
+
+
+def used_sd(summary: pd.DataFrame) -> np.ndarray:
+    """The sd every interval and test of `summary`'s rows uses: the observed one, at least its floor."""
+    return np.fmax(summary["sd"].to_numpy(dtype=float), summary["sd_floor"].to_numpy(dtype=float))
+
+
+OUTLIER_LEVEL = 0.05  # family-wise over a row's seeds (Bonferroni)
+
+
+def outliers(values: Sequence[float], seeds: Sequence[int], sd_floor: float = 0.0,
+             level: float = OUTLIER_LEVEL) -> str:
+    """Seeds whose mean difference lies outside the others' prediction interval at `level`
+    Bonferroni-corrected over the seeds (the externally studentized residual, t with n-2 df; the
+    others' sd at least `sd_floor`), as 'seed: value' text; '' with fewer than 4 seeds. One seed
+    that diverges from the rest (a run that fell into a bad optimum) can carry a t-interval's
+    verdict on its own, or, when it has not turned up yet, a small sample misses it: either way the
+    reader should see it."""
+    x = np.asarray(values, dtype=float)
+    n = len(x)
+    if n < 4:
+        return ""
+    others = (x.sum() - x) / (n - 1)
+    squares = ((x ** 2).sum() - x ** 2 - (n - 1) * others ** 2) / (n - 2)
+    sd = np.fmax(np.sqrt(np.maximum(squares, 0)), sd_floor)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.abs(x - others) / (sd * math.sqrt(1 + 1 / (n - 1)))
+    p = 2 * scipy_stats.t.sf(t, n - 2)
+    return ", ".join(f"{seed}: {value:+.2f}" for seed, value, q in zip(seeds, x, p) if q < level / n)
 
 
 def summarize_deltas(deltas: pd.DataFrame, by: Sequence[str], confidence: float = CONFIDENCE,
                      order: Sequence[int] = ()) -> pd.DataFrame:
-    """Per group of `by`: over seeds, the mean delta, sd, t-interval and t-test p (`n` seeds);
-    over pairs, wins/ties/losses and P(improvement), whose interval resamples seeds."""
+    """Per group of `by`: over seeds, the mean delta, sd, its floor (`spread_floor`; `step`, the
+    resolution of one pair's delta, is an optional column of `deltas`), t-interval and t-test p
+    (`n` seeds), outlying seeds; over pairs, wins/ties/losses and P(improvement), whose interval
+    resamples seeds."""
     if deltas.empty:
         return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS])
-    summary = seed_summary(per_seed(deltas, by), by, order, confidence)
+    summary = seed_summary(per_seed(deltas, by), by, order, confidence, spread_floor(deltas, by))
 
     def pairs(group: pd.DataFrame) -> pd.Series:
         d = group["delta"].to_numpy(dtype=float)
@@ -286,8 +385,8 @@ def summarize_deltas(deltas: pd.DataFrame, by: Sequence[str], confidence: float 
     return summary.astype({k: int for k in ("n", "pairs", "wins", "ties", "losses")})
 
 
-SUMMARY_COLUMNS = ("mean", "sd", "ci_low", "ci_high", "n", "pairs", "p", "wins", "ties", "losses",
-                   "p_improvement", "p_improvement_low", "p_improvement_high", "values")
+SUMMARY_COLUMNS = ("mean", "sd", "sd_floor", "ci_low", "ci_high", "n", "pairs", "p", "wins", "ties", "losses",
+                   "p_improvement", "p_improvement_low", "p_improvement_high", "outlier_seeds", "values", "seeds")
 DECISION_COLUMNS = ("p_adjusted", "ci_low_adjusted", "ci_high_adjusted", "verdict", "seeds_needed")
 
 
@@ -380,13 +479,15 @@ class Design:
         logs = np.log(np.clip(nominal, LEVELS[0], LEVELS[-1]))
         return np.stack([np.interp(logs, np.log(LEVELS), column) for column in table.T], axis=1)
 
-    def p_values(self, values: np.ndarray) -> np.ndarray:
-        """Calibrated repeated p-values of rows of seed means (rows x n seeds, in seed order)."""
-        return self._calibrated(_raw_repeated_p(values, self))
+    def p_values(self, values: np.ndarray, floor: np.ndarray | float = 0.0) -> np.ndarray:
+        """Calibrated repeated p-values of rows of seed means (rows x n seeds, in seed order), each
+        look's sd at least the row's `floor` (`spread_floor`)."""
+        return self._calibrated(_raw_repeated_p(values, self, floor))
 
-    def intervals(self, values: np.ndarray, errors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def intervals(self, values: np.ndarray, errors: np.ndarray, floor: np.ndarray | float = 0.0
+                  ) -> tuple[np.ndarray, np.ndarray]:
         """The intersection of the repeated t-intervals of every look so far, at each row's error."""
-        mean, sd, counts, _ = _looks(values, self)
+        mean, sd, counts, _ = _looks(values, self, floor)
         nominal = 2 * scipy_stats.norm.sf(self.boundaries(errors)[:, :len(counts)])
         half = scipy_stats.t.isf(nominal / 2, counts - 1) * sd / np.sqrt(counts)
         low, high = (mean - half).max(axis=1), (mean + half).min(axis=1)
@@ -422,24 +523,25 @@ def _null_p(first: int, max_seeds: int) -> np.ndarray:
     return np.sort(_raw_repeated_p(paths, Design(first, max_seeds)))
 
 
-def _looks(values: np.ndarray, design: Design) -> tuple[np.ndarray, ...]:
-    """For rows of seed means (rows x seeds, all rows equal in length n): each look's mean, sd
-    and seed count, and its t-statistic as a z value (equal nominal two-sided p), columns = the
-    design's counts up to n."""
+def _looks(values: np.ndarray, design: Design, floor: np.ndarray | float = 0.0) -> tuple[np.ndarray, ...]:
+    """For rows of seed means (rows x seeds, all rows equal in length n): each look's mean, sd (at
+    least the row's `floor`) and seed count, and its t-statistic as a z value (equal nominal
+    two-sided p), columns = the design's counts up to n."""
     counts = design.counts[design.counts <= values.shape[1]]
     sums, squares = np.cumsum(values, axis=1), np.cumsum(values ** 2, axis=1)
     mean = sums[:, counts - 1] / counts
     sd = np.sqrt(np.maximum(squares[:, counts - 1] - counts * mean ** 2, 0) / (counts - 1))
     tiny = sd <= 1e-9 * np.maximum(np.abs(mean), 1)  # identical seeds, up to rounding
-    sd = np.where(tiny, 0.0, sd)
+    sd = np.fmax(np.where(tiny, 0.0, sd), np.reshape(floor, (-1, 1)) if np.ndim(floor) else floor)
+    tiny = sd == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(tiny, np.where(mean == 0, 0.0, np.inf), np.abs(mean) / (sd / np.sqrt(counts)))
     return mean, sd, counts, scipy_stats.norm.isf(scipy_stats.t.sf(t, counts - 1))
 
 
-def _raw_repeated_p(values: np.ndarray, design: Design) -> np.ndarray:
+def _raw_repeated_p(values: np.ndarray, design: Design, floor: np.ndarray | float = 0.0) -> np.ndarray:
     """The smallest spending level whose (uncalibrated) boundary some look so far crosses."""
-    _, _, counts, z = _looks(values, design)
+    _, _, counts, z = _looks(values, design, floor)
     table, logs = _boundary_table(int(design.counts[0]), design.max_seeds), np.log(LEVELS)
     at = np.stack([np.interp(-z[:, j], -table[:, j], logs, left=logs[0], right=0.0)
                    for j in range(len(counts))], axis=1)
@@ -455,7 +557,9 @@ def sequential(summary: pd.DataFrame, design: Design, errors: Sequence[float] | 
     for count in np.unique(n[n >= 2]):
         rows = np.flatnonzero(n == count)
         values = np.array([summary["values"].iat[i] for i in rows], dtype=float)
-        got = (design.p_values(values),) if errors is None else design.intervals(values, np.asarray(errors)[rows])
+        floor = summary["sd_floor"].to_numpy(dtype=float)[rows] if "sd_floor" in summary else 0.0
+        got = (design.p_values(values, floor),) if errors is None else design.intervals(
+            values, np.asarray(errors)[rows], floor)
         for target, part in zip(out, got):
             target[rows] = part
     return tuple(out)
@@ -476,7 +580,9 @@ def decide(summary: pd.DataFrame, family: Sequence[str], method: str = "holm",
     p = out["p"].to_numpy(dtype=float)
     out["p_adjusted"] = ADJUSTMENTS[method](p, codes)
     levels = adjusted_level(p, out["p_adjusted"].to_numpy(dtype=float), confidence)
-    mean, sd, n = (out[k].to_numpy(dtype=float) for k in ("mean", "sd", "n"))
+    if "sd_floor" not in out:
+        out["sd_floor"] = 0.0
+    mean, n, sd = out["mean"].to_numpy(dtype=float), out["n"].to_numpy(dtype=float), used_sd(out)
     if design is None:
         out["ci_low_adjusted"], out["ci_high_adjusted"] = interval(mean, sd, n, levels)
         counts = np.arange(2, SEEDS_CAP + 1)

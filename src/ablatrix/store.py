@@ -82,6 +82,7 @@ def atomic_torch_save(path: Path, obj: Any, durable: bool = True) -> None:
     atomic_write_bytes(path, buffer.getvalue(), durable)
 
 
+GRID_FILE = "grid-file"  # which grid file's runs a results folder holds (`ResultStore.bind`)
 STALE_SECONDS = 600  # a claim from another host with no heartbeat for this long is abandoned
 REQUIRED = {"done": ("run_id", "config", "history", "best_epoch", "epochs_trained", "test", "wall_seconds"),
             "failed": ("run_id", "config", "error")}
@@ -147,6 +148,22 @@ class ResultStore:
         except Exception as exc:  # a truncated copy: its runs' records still stand
             tqdm.write(f"ablatrix: {self.weights_path(training_id)} cannot be read ({exc}); ignored")
             return {}
+
+    def bind(self, grid_path: Path, write: bool) -> None:
+        """Check that this results folder holds the runs of the grid file at `grid_path` and no
+        other (a copied grid file that kept its `name` would mix its runs into the original's and
+        overwrite its report), and with `write` record it in `grid-file` (the path relative to
+        this folder). A recorded file that no longer exists (moved, renamed, or this folder copied
+        elsewhere) is no conflict: the new path takes its place."""
+        marker = self.dir / GRID_FILE
+        if marker.exists():
+            owner = (self.dir / marker.read_text(encoding="utf-8").strip()).resolve()
+            if owner.is_file() and not owner.samefile(grid_path):
+                raise AblatrixError(f"{self.dir} holds the runs of {os.path.relpath(owner)}, and {grid_path} has "
+                                    f"the same name {self.dir.name!r}: give it a name of its own (name = \"...\") "
+                                    "or a --results folder of its own")
+        if write:
+            atomic_write_text(marker, os.path.relpath(Path(grid_path).resolve(), self.dir.resolve()) + "\n")
 
     def records(self) -> dict[str, dict[str, Any]]:
         """Every usable record by run id, after moving damaged ones aside and migrating old ones."""
