@@ -52,10 +52,11 @@ def draw(sizes: np.ndarray, trials: int, seeds: int, pairs: int, rho: float, rng
 
 
 def draw_skewed(sizes: np.ndarray, trials: int, seeds: int, pairs: int, rho: float,
-                rng: np.random.Generator) -> np.ndarray:
-    """`draw`, plus one seed in twenty diverging by +10 pair sd and the others by -10/19 (mean 0)."""
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """`draw`, plus one seed in twenty diverging by +10 pair sd and the others by -10/19 (mean 0);
+    and which seeds diverged (trials x effects x seeds)."""
     diverged = rng.random((trials, len(sizes), seeds, 1)) < 1 / 20
-    return draw(sizes, trials, seeds, pairs, rho, rng) + np.where(diverged, 10.0, -10.0 / 19)
+    return draw(sizes, trials, seeds, pairs, rho, rng) + np.where(diverged, 10.0, -10.0 / 19), diverged[..., 0]
 
 
 def draw_accuracy(effects_pp: np.ndarray, trials: int, seeds: int, pairs: int, images: int, accuracy: float,
@@ -96,7 +97,7 @@ def decide_family(deltas: np.ndarray, seeds: np.ndarray, margin: float, design: 
 
 
 def rates(verdicts: np.ndarray, seeds: np.ndarray, planted: dict[str, float],
-          flagged: np.ndarray | None = None) -> dict[str, float]:
+          flagged: np.ndarray | None = None, diverged: np.ndarray | None = None) -> dict[str, float]:
     sizes = np.array(list(planted.values()))
     wrong = ((sizes == 0) & np.isin(verdicts, ["better", "worse"])) | ((sizes > 0) & (verdicts == "worse"))
     twice = list(planted).index("2 x margin")
@@ -109,6 +110,13 @@ def rates(verdicts: np.ndarray, seeds: np.ndarray, planted: dict[str, float],
     if flagged is not None:
         families = wrong.any(axis=1)
         out["flagged"] = float((wrong & flagged).any(axis=1)[families].mean()) if families.any() else math.nan
+    if diverged is not None:  # was a diverging seed among those a wrong verdict used?
+        seen = (diverged & (np.arange(diverged.shape[2]) < seeds[..., None])).any(axis=2)
+        families = (wrong & seen).any(axis=1)
+        out["false_direction_diverged_seen"] = float(families.mean())
+        out["false_direction_diverged_unseen"] = float((wrong & ~seen).any(axis=1).mean())
+        out["flagged_when_seen"] = float((wrong & seen & flagged).any(axis=1)[families].mean()) \
+            if families.any() else math.nan
     return out
 
 
@@ -143,10 +151,12 @@ def main() -> None:
         images, mean = ACCURACY_CASES[args.case]
         deltas = draw_accuracy(sizes, args.trials, args.max_seeds, args.pairs, images, mean, rng)
         kw = {"step": 100 / images}
-    else:
-        deltas = (draw_skewed if args.case == "skewed" else draw)(sizes, args.trials, args.max_seeds, args.pairs,
-                                                                 args.rho, rng)
+    elif args.case == "skewed":
+        deltas, diverged = draw_skewed(sizes, args.trials, args.max_seeds, args.pairs, args.rho, rng)
         kw = {}
+    else:
+        deltas, kw = draw(sizes, args.trials, args.max_seeds, args.pairs, args.rho, rng), {}
+    extra = {"diverged": diverged} if args.case == "skewed" else {}
     start = time.perf_counter()
     columns = {}
     variants = [("", True)] + ([(" without floors", False)] if args.case != "normal" else [])
@@ -155,9 +165,9 @@ def main() -> None:
         for n in counts:
             cap = np.full((args.trials, len(planted)), n)
             verdicts, flagged = decide_family(deltas, cap, margin, None, floors=floors, **kw)
-            columns[f"fixed, {n} seeds{suffix}"] = rates(verdicts, cap, planted, flagged)
+            columns[f"fixed, {n} seeds{suffix}"] = rates(verdicts, cap, planted, flagged, **extra)
         verdicts, flagged, seeds = on_demand(deltas, margin, args.max_seeds, floors=floors, **kw)
-        columns[f"on demand{suffix}"] = rates(verdicts, seeds, planted, flagged)
+        columns[f"on demand{suffix}"] = rates(verdicts, seeds, planted, flagged, **extra)
     se = math.sqrt(0.05 * 0.95 / args.trials)
     print(f"case {args.case}: {args.trials:,} families of {len(planted)} effects "
           f"({', '.join(f'{k} {v:g}' for k, v in planted.items())}), {args.pairs} pairs per seed"

@@ -7,6 +7,7 @@ import random
 import re
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -18,8 +19,10 @@ import pytest
 import ablatrix
 
 from ablatrix.cli import main
+from ablatrix.spec import load_grid
+from ablatrix.store import ResultStore
 
-from conftest import TINY_GRID
+from conftest import TINY_GRID, fabricate
 
 
 def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
@@ -90,10 +93,14 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("executor", [["--workers", "1"], ["--workers", "2"], ["--executor", "ray"]],
-                         ids=["sequential", "2-workers", "ray"])
-def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor):
-    """SIGINT to a real `ablatrix run` exits 130 with a message; every saved record is complete, no claim is left."""
+@pytest.mark.parametrize("executor, stop", [(["--workers", "1"], "int"), (["--workers", "2"], "int"),
+                                            (["--executor", "ray"], "int"), (["--workers", "1"], "term"),
+                                            (["--workers", "2"], "term")],
+                         ids=["sequential", "2-workers", "ray", "sequential-sigterm", "2-workers-sigterm"])
+def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor, stop):
+    """SIGINT to a real `ablatrix run` (its process group, as a terminal sends it) exits 130 with a
+    message, SIGTERM to the runner alone (as `docker stop` sends it) 143; either way every saved
+    record is complete and no claim is left."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
     runs_dir = tmp_path / "res" / "tiny" / "runs"
     cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"), *executor]
@@ -105,10 +112,13 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
     deadline = time.monotonic() + 120
     while not list(runs_dir.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, workers included
+    if stop == "int":
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole group, workers included
+    else:
+        proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted; every finished run is saved" in err
+    assert proc.returncode == (130 if stop == "int" else 143), err
+    assert ("interrupted" if stop == "int" else "terminated (SIGTERM)") + "; every finished run is saved" in err
     saved = {p.stem: json.loads(p.read_text()) for p in runs_dir.glob("*.json")}
     assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved.values())
     assert not list(runs_dir.glob(".*")) and not list(runs_dir.glob("*.lock"))  # no temp files, no claims
@@ -261,3 +271,38 @@ def test_version(capsys):
     with pytest.raises(SystemExit):
         main(["--version"])
     assert capsys.readouterr().out.strip() == f"ablatrix {ablatrix.__version__}"
+
+
+def test_status_lists_running_cells_with_epoch_and_age(write_grid, tmp_path, capsys):
+    """A live claim shows in `status` as running, with the epoch its last heartbeat said and its owner."""
+    grid = load_grid(write_grid())
+    store = ResultStore(tmp_path, grid.name)
+    cell = grid.cells[0]
+    assert store.claim(cell.run_id)
+    store.heartbeat(cell.run_id, "3/40")
+    assert main(["status", str(grid.path), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "0 done, 0 failed, 1 running, 3 pending" in out
+    assert f"running: {cell.run_id} {cell.label()}, epoch 3/40, for 0 s ({socket.gethostname()}:{os.getpid()})" in out
+    store.release(cell.run_id)
+    assert not list(store.runs_dir.iterdir())  # the claim and its epoch note both go
+
+
+@pytest.mark.parametrize("verb", ["run", "report", "list"])
+def test_a_copied_grid_that_kept_the_name_is_refused(write_grid, tmp_path, capsys, verb):
+    """A second grid file with the first one's name and results folder is a one-line error naming
+    both, before anything is trained or written; the original's report is left as it was."""
+    original = load_grid(write_grid())
+    store = ResultStore(tmp_path / "res", "tiny", original.path)
+    for cell in original.cells:
+        store.put(fabricate(cell, 0.75))
+    assert main(["report", str(original.path), "--results", str(tmp_path / "res")]) == 0
+    before = (tmp_path / "res" / "tiny" / "REPORT.md").read_text()
+    copy = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 3"), name="copy.toml")
+    capsys.readouterr()
+    assert main([verb, str(copy), "--results", str(tmp_path / "res")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the runs of" in err and "grid.toml" in err and str(copy) in err
+    assert (tmp_path / "res" / "tiny" / "REPORT.md").read_text() == before
+    moved = original.path.rename(tmp_path / "moved.toml")  # the original moved away: no conflict any more
+    assert main(["list", str(copy), "--results", str(tmp_path / "res")]) == 0 and moved.exists()

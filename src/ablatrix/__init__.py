@@ -1,9 +1,19 @@
-"""ablatrix: declarative ablation grids for small neural networks."""
-from . import datasets  # noqa: F401  registers the built-in datasets
-from .data import register_dataset
-from .models import create_model, register_model
-from .store import load_model
-from .train import register_optimizer
+"""ablatrix: declarative ablation grids for small neural networks.
+
+The public functions are imported on first use (PEP 562), so that `ablatrix --help` does not
+wait for torch.
+"""
+from importlib import import_module
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["__version__", "create_model", "load_model", "register_dataset", "register_model", "register_optimizer"]
+_PUBLIC = {"create_model": "models", "load_model": "store", "register_dataset": "data",
+           "register_model": "models", "register_optimizer": "train"}
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _PUBLIC:
+        raise AttributeError(f"module 'ablatrix' has no attribute {name!r}")
+    import_module(".datasets", __name__)  # registers the built-in datasets
+    return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)

@@ -1,38 +1,46 @@
-"""`ablatrix list|run|report GRID...`: parse arguments, load grids, hand over to the modules."""
+"""`ablatrix list|run|report GRID...`: parse arguments, load grids, hand over to the modules.
+
+Each verb imports what it uses when it runs: torch, scipy and matplotlib take seconds to import,
+and `--help` or a mistyped flag should answer at once.
+"""
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
-from typing import Sequence
-
-import torch
-from tabulate import tabulate
+from typing import TYPE_CHECKING, Sequence
 
 from . import __version__
 from .errors import AblatrixError
-from .data import DATASETS, data_root
-from .datasets import register_torchvision
-from .adaptive import run_until_decided
-from .export import EXPORTERS
-from .executors import EXECUTORS, RunOptions, grid_status, resolve_device, run_grids
-from .report import FORMATS, axis_value, outputs, unavailable_data, write_report
-from .spec import Grid, load_grid
-from .store import ResultStore
+
+if TYPE_CHECKING:
+    from .executors import RunOptions
+    from .spec import Grid
+
+EXECUTOR_NAMES = ("local", "ray")  # executors.EXECUTORS' names, listed here so --help needs no torch
+FORMAT_NAMES = ("md", "tex", "csv", "html")  # report.FORMATS, likewise
 
 
 def _grids(args: argparse.Namespace) -> list[Grid]:
+    from .spec import load_grid
+    from .store import ResultStore
     grids = [load_grid(path, args.set or ()) for path in args.grids]
     names = [g.name for g in grids]
     if len(set(names)) != len(names):
         raise AblatrixError(f"two grid files share the name {max(names, key=names.count)!r}; "
                             "their results would mix")
     for grid in grids:
-        ResultStore(args.results, grid.name).bind(grid.path, write=args.verb == "run")
+        ResultStore(args.results, grid.name).bind(grid.path, write=False)  # `run` records it (run_grids)
     return grids
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from .data import data_root
+    from .spec import axis_value
+    from .store import ResultStore
     for grid in _grids(args):
         records = ResultStore(args.results, grid.name).records()
         cells = grid.stored_cells(records)
@@ -51,6 +59,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
+            from .report import unavailable_data
             missing = unavailable_data([grid], data_root(args.data_dir))
             ready = [d for d in grid.datasets if d not in missing]
             print("data ready: " + (", ".join(ready) or "none") + "".join(
@@ -60,6 +69,11 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def _run_options(args: argparse.Namespace) -> RunOptions:
     """Check the flags of `run` against each other and the executor, before anything starts."""
+    import torch
+
+    from .data import data_root
+    from .executors import EXECUTORS, RunOptions, resolve_device
+    EXECUTORS.lookup(args.executor)
     flags = {"local": {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu},
              "ray": {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
                      "--cpus-per-run": args.cpus_per_run}}
@@ -99,6 +113,8 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .adaptive import run_until_decided
+    from .executors import run_grids
     grids = _grids(args)
     if args.max_cells is not None and not args.until_decided:
         raise AblatrixError("--max-cells goes with --until-decided")
@@ -116,11 +132,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from .executors import grid_status
+    from .progress import duration
     for grid in _grids(args):
         status = grid_status(grid, args.results)
         added = f" + {status.added} added-seed cells" if status.added else ""
         print(f"{grid.name}: {len(grid.cells)} cells{added}: " +
               ", ".join(f"{status.counts[s]} {s}" for s in ("done", "failed", "running", "pending")))
+        for cell, owner, seconds, epoch in status.running:
+            print(f"  running: {cell.run_id} {cell.label()}" + (f", epoch {epoch}" if epoch else ", first epoch")
+                  + f", for {duration(seconds)} ({owner})")
         if status.stale:
             print(f"  {len(status.stale)} stored run(s) match no cell of the grid (it changed): "
                   f"{', '.join(status.stale)}")
@@ -131,6 +152,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from .report import FORMATS, outputs, write_report
     formats = args.format.split(",")
     for fmt in formats:
         if fmt not in FORMATS:
@@ -144,6 +166,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .export import EXPORTERS
     kind, target = args.to
     exported = EXPORTERS.lookup(kind)(_grids(args), args.results, target)
     print(f"{kind}: {exported.written} run(s) written, {exported.unchanged} unchanged"
@@ -152,6 +175,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fetch(args: argparse.Namespace) -> int:
+    from .data import DATASETS, data_root
+    from .datasets import register_torchvision
     root = data_root(args.data_dir)
     for name in args.datasets:
         if name.startswith("torchvision:"):
@@ -199,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP + "; list then says which "
                               "datasets' files are there")
         if name == "report":
-            verb.add_argument("--format", default="md", metavar="md,tex,csv,html",
+            verb.add_argument("--format", default="md", metavar=",".join(FORMAT_NAMES),
                               help="table formats besides REPORT.md's Markdown, and html for one "
                                    "self-contained REPORT.html (default: md)")
             verb.add_argument("--data-dir", type=Path, help=DATA_DIR_HELP)
@@ -236,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
             verb.add_argument("--fp32", action="store_true",
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")
-            verb.add_argument("--executor", default="local", choices=sorted(EXECUTORS),
+            verb.add_argument("--executor", default="local", choices=EXECUTOR_NAMES,
                               help="local processes, or tasks on a Ray cluster (default: local)")
             verb.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (default: start a local Ray)")
             verb.add_argument("--gpus-per-run", type=float, metavar="F",
@@ -251,17 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (docker stop, Kubernetes, Slurm at the time limit), stopped the way Ctrl-C stops a run."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.func(args)
     except AblatrixError as exc:
         print(f"ablatrix: error: {' '.join(str(exc).splitlines())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("ablatrix: interrupted; every finished run is saved, `ablatrix run` resumes",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stop = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"ablatrix: {stop}; every finished run is saved, `ablatrix run` resumes", file=sys.stderr)
+        return 143 if isinstance(exc, Terminated) else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

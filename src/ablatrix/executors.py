@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .data import DATASETS, load_splits
 from .datasets import register_named
+from .progress import PROGRESS_SECONDS, Progress
 from .errors import AblatrixError
 from .registry import Registry
 from .spec import Cell, Grid, import_plugins
@@ -125,7 +126,7 @@ def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) ->
     claims of done cells are removed on the way (`ResultStore.release_dead_claims`)."""
     todo = []
     for grid in grids:
-        store = ResultStore(results, grid.name)
+        store = ResultStore(results, grid.name, grid.path.resolve())  # resolved: Ray workers have another cwd
         records = store.records()
         store.release_dead_claims(records)
         for cell in grid.cells:
@@ -141,6 +142,7 @@ class GridStatus:
     stale: list[str]  # stored run ids that no cell of the grid has any more (the grid was edited)
     damaged: list[Path]  # records moved aside because they could not be read
     added: int  # cells of seeds beyond the grid's `seeds` that have records (run --until-decided)
+    running: list[tuple[Cell, str, float, str]]  # cells in training: owner (host:pid), seconds, epoch ('3/40')
 
 
 def grid_status(grid: Grid, results: Path) -> GridStatus:
@@ -148,11 +150,12 @@ def grid_status(grid: Grid, results: Path) -> GridStatus:
     store = ResultStore(results, grid.name)
     records = store.records()
     cells = grid.stored_cells(records)
-    counts = Counter(records[c.run_id]["status"] if c.run_id in records
-                     else "running" if store.claim_alive(c.run_id) else "pending" for c in cells)
+    states = {c.run_id: records[c.run_id]["status"] if c.run_id in records
+              else "running" if store.claim_alive(c.run_id) else "pending" for c in cells}
     ids = {cell.run_id for cell in (*grid.cells, *grid.extra_cells)}
-    return GridStatus(counts, [run_id for run_id in records if run_id not in ids], store.damaged(),
-                      len(cells) - len(grid.cells))
+    running = [(cell, *store.claim_info(cell.run_id)) for cell in cells if states[cell.run_id] == "running"]
+    return GridStatus(Counter(states.values()), [run_id for run_id in records if run_id not in ids], store.damaged(),
+                      len(cells) - len(grid.cells), running)
 
 
 def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> dict[str, Any]:
@@ -319,7 +322,7 @@ def train_claimed_unit(unit: Unit, options: RunOptions,
                 if row["epoch"] != renewed:  # once an epoch, every claim: a pack's stopped members' too
                     renewed = row["epoch"]
                     for cell, store, _ in claimed:
-                        store.heartbeat(cell.run_id)
+                        store.heartbeat(cell.run_id, f"{row['epoch']}/{cell.config.train.epochs}")
                 on_epoch(row)
             checkpoint = unit_checkpoint(cells, claimed[0][1], options)
             records = run_unit(cells, options, beat, [job[2] for job in claimed], checkpoint)
@@ -378,14 +381,14 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
     return True
 
 
-def run_sequential(todo: Todo, options: RunOptions, bar: tqdm) -> list[str]:
+def run_sequential(todo: Todo, options: RunOptions, bar: Progress) -> list[str]:
     statuses = []
     for unit in units(todo, options):
         kind = "one training" if one_training([job[0] for job in unit]) else "packed"
         bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, {kind}" if len(unit) > 1 else ""))
         statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
             epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
-        bar.update(len(unit))
+        bar.done([job[0] for job in unit])
     return statuses
 
 
@@ -458,7 +461,7 @@ class LocalExecutor:
         self.slots = []
 
     def run(self, todo: Todo) -> Summary:
-        with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
+        with Progress([cell for cell, _ in todo]) as bar:
             if self.options.workers > 1 and len(todo) > 1:
                 statuses = self._parallel(todo, bar)
             else:
@@ -472,7 +475,7 @@ class LocalExecutor:
         child.close()  # the worker's end: when the worker dies, reading ours gives EOFError
         return _Slot(device, process, parent)
 
-    def _parallel(self, todo: Todo, bar: tqdm) -> list[str]:
+    def _parallel(self, todo: Todo, bar: Progress) -> list[str]:
         options, slots = self.options, self.slots
         queue: deque[Unit] = deque(units(todo, options))
         slots += [self._start(device) for device in self.devices[len(slots):len(queue)]]
@@ -493,11 +496,14 @@ class LocalExecutor:
             for slot in list(slots):
                 hand_out(slot)
             while busy := {slot.conn: slot for slot in slots if slot.unit}:
-                for conn in wait(list(busy)):
+                bar.running(len(busy))
+                ready = wait(list(busy), timeout=PROGRESS_SECONDS)
+                bar.set_postfix()  # a progress line while long trainings run
+                for conn in ready:
                     slot = busy[conn]
                     try:
                         statuses += conn.recv()
-                        bar.update(len(slot.unit))
+                        bar.done([job[0] for job in slot.unit])
                     except (EOFError, ConnectionResetError):  # the worker died with its training or pack
                         slot.process.join()
                         code = slot.process.exitcode
@@ -512,7 +518,7 @@ class LocalExecutor:
                                 continue
                             statuses.append(store_record(cell, store, lost_record(
                                 cell, options, earlier, error, "no traceback: the process died")))
-                            bar.update()
+                            bar.done([cell])
                         slots[slots.index(slot)] = slot = self._start(slot.device)
                         if retried:
                             queue.append(tuple(retried))
@@ -648,19 +654,21 @@ def run_ray(todo: Todo, options: RunOptions, owned: bool) -> Summary:
                     resources.get("GPU", 0) // options.gpus_per_run if options.gpus_per_run else math.inf)
         in_flight = 2 * max(1, int(slots))  # enough to keep the cluster busy; the rest stay unclaimed
         queue, statuses = deque(units(todo, options)), []
-        with tqdm(total=len(todo), unit="run", disable=None, dynamic_ncols=True) as bar:
+        with Progress([cell for cell, _ in todo]) as bar:
             renewed = time.monotonic()
             while queue or running:
                 while queue and len(running) < in_flight:  # claim cells only when submitting them
                     unit = queue.popleft()
                     claimed = tuple(job for job in unit if claim(job))
                     statuses += ["elsewhere"] * (len(unit) - len(claimed))
-                    bar.update(len(unit) - len(claimed))
+                    bar.done([job[0] for job in unit if job not in claimed])
                     if claimed:
                         submit(claimed)
                 if not running:
                     break
-                done, _ = ray.wait(list(running), num_returns=1, timeout=HEARTBEAT_SECONDS)
+                bar.running(len(running))
+                done, _ = ray.wait(list(running), num_returns=1, timeout=min(HEARTBEAT_SECONDS, PROGRESS_SECONDS))
+                bar.set_postfix()
                 for ref in done:
                     unit = running.pop(ref)
                     try:
@@ -681,7 +689,7 @@ def run_ray(todo: Todo, options: RunOptions, owned: bool) -> Summary:
                         statuses.append(store_record(cell, store, record))
                         store.release(cell.run_id)
                         held.discard(cell.run_id)
-                        bar.update()
+                        bar.done([cell])
                     if unit and (path := unit_checkpoint([job[0] for job in unit], None, options)):
                         Checkpoint(path).remove()  # the records hold it all now
                 if time.monotonic() - renewed > HEARTBEAT_SECONDS:
@@ -748,3 +756,4 @@ def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions,
         summary = executor.run(todo)
     total = sum(len(g.cells) for g in grids)
     return Summary(summary.trained, summary.failed, total - len(todo), summary.elsewhere, len(trainings(todo)))
+

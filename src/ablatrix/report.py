@@ -22,7 +22,7 @@ from .report_html import write_html
 from .data import DATASETS, data_root
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
-from .spec import Grid, ReportSettings
+from .spec import Grid, ReportSettings, axis_value
 from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, Design, decide, interaction_deltas,
                     mark_best, paired_deltas, summarize, summarize_deltas)
 from .store import ResultStore, atomic_write_text
@@ -32,11 +32,6 @@ SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, writte
 METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "train_accuracy", "val_accuracy",
                   "test_accuracy", "test_loss", "wall_seconds", "status")
 FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
-
-
-def axis_value(value: Any) -> Any:
-    """Scalars as they are; lists (e.g. conv widths) as compact JSON so they can be grouped on."""
-    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else value
 
 
 def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

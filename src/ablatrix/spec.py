@@ -26,6 +26,11 @@ from .models import check_model, create_model, resolve_params
 from .stats import CONFIDENCE, MARGIN
 from .train import SAMPLERS, check_training
 
+
+def axis_value(value: Any) -> Any:
+    """Scalars as they are; lists (e.g. conv widths) as compact JSON so they can be grouped on."""
+    return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else value
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover - exercised on Python 3.10 only

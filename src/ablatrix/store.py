@@ -14,6 +14,7 @@ import fcntl
 import functools
 import io
 import json
+import math
 import os
 import platform
 import socket
@@ -110,9 +111,10 @@ class ResultStore:
     schema (see `config`), so call it before asking for single records with `get`.
     """
 
-    def __init__(self, results: Path, grid: str) -> None:
+    def __init__(self, results: Path, grid: str, grid_path: Path | None = None) -> None:
         self.dir = Path(results) / grid
         self.runs_dir = self.dir / "runs"
+        self.grid_path = grid_path  # with it, the first record stored also records the grid file (`bind`)
 
     def path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.json"
@@ -123,6 +125,9 @@ class ResultStore:
 
     def put(self, record: dict[str, Any]) -> None:
         atomic_write_text(self.path(record["run_id"]), json.dumps(record, indent=1) + "\n")
+        if self.grid_path is not None:
+            self.bind(self.grid_path, write=True)
+            self.grid_path = None
 
     def weights_path(self, training_id: str) -> Path:
         return self.dir / "weights" / f"{training_id}.pt"
@@ -279,7 +284,7 @@ class ResultStore:
         for lock in self.runs_dir.glob("*.lock"):
             record = records.get(lock.stem)
             if record is not None and record["status"] == "done" and not self.claim_alive(lock.stem):
-                lock.unlink(missing_ok=True)
+                self.release(lock.stem)
 
     def claim_alive(self, run_id: str) -> bool:
         """Whether the claim on `run_id` exists and its owner is still alive."""
@@ -299,11 +304,29 @@ class ResultStore:
             pass
         return True
 
-    def heartbeat(self, run_id: str) -> None:
+    def heartbeat(self, run_id: str, epoch: str | None = None) -> None:
+        """Renew the claim; with `epoch` ('3/40'), also say how far the training is, for `status`."""
         self.lock_path(run_id).touch()
+        if epoch is not None:
+            atomic_write_bytes(self.epoch_path(run_id), epoch.encode(), durable=False)
+
+    def epoch_path(self, run_id: str) -> Path:
+        return self.runs_dir / f"{run_id}.epoch"
+
+    def claim_info(self, run_id: str) -> tuple[str, float, str]:
+        """Who holds the claim on `run_id` ('host:pid'), for how many seconds, and the epoch its
+        last heartbeat said ('' before the first epoch ends, or from a Ray driver)."""
+        path = self.lock_path(run_id)
+        try:
+            owner = json.loads(path.read_text(encoding="utf-8"))
+            epoch = self.epoch_path(run_id).read_text(encoding="utf-8") if self.epoch_path(run_id).exists() else ""
+        except (FileNotFoundError, json.JSONDecodeError):
+            return "", math.nan, ""
+        return f"{owner['host']}:{owner['pid']}", time.time() - owner.get("since", path.stat().st_mtime), epoch
 
     def release(self, run_id: str) -> None:
         self.lock_path(run_id).unlink(missing_ok=True)
+        self.epoch_path(run_id).unlink(missing_ok=True)
 
     def release_own(self, run_id: str) -> None:
         """Release the claim on `run_id` if this process holds it; another runner's stays."""
