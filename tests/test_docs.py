@@ -4,6 +4,7 @@ your script to a grid" trains and reports as written. A block that cannot run as
 preceded by `<!-- docs-test: illustrative: why -->`."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
@@ -154,6 +155,16 @@ def test_the_site_builds_strict(tmp_path):
     assert done.returncode == 0, done.stderr
     cli = (tmp_path / "site" / "cli" / "index.html").read_text(encoding="utf-8")
     assert "--checkpoint-seconds" in cli and "--until-decided" in cli  # generated from the parser
+
+
+def test_the_generated_reference_in_the_pages_is_current():
+    """docs/cli.md and docs/grid-files.md hold what docs/hooks/generate.py makes from the code now:
+    a new flag or field without regenerating them fails here."""
+    spec = importlib.util.spec_from_file_location("generate", ROOT / "docs" / "hooks" / "generate.py")
+    generate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generate)
+    for path, text in generate.pages().items():
+        assert path.read_text(encoding="utf-8") == text, f"{path.name} is out of date: python docs/hooks/generate.py"
 
 
 def test_the_readme_tour_shows_the_quickstart_grid_as_it_is():

@@ -26,8 +26,15 @@ from .models import param_defaults
 SCHEMA = 2  # record format; 1 hashed the full resolved config (store.ResultStore migrates it)
 
 
-def allowed(check: Callable[[Any], bool], text: str) -> dict[str, Any]:
-    return {"check": check, "allowed": text}
+def allowed(check: Callable[[Any], bool], text: str, unlike: str = "") -> dict[str, Any]:
+    """A field's check and its allowed values in words; `unlike`: how its default differs from
+    PyTorch's or from a plain training script's (the grid reference prints it)."""
+    return {"check": check, "allowed": text, "unlike": unlike}
+
+
+def unlike(text: str) -> dict[str, Any]:
+    """The `unlike` note of a field that needs no check."""
+    return {"unlike": text}
 
 
 @dataclass(frozen=True)
@@ -36,19 +43,24 @@ class TrainConfig:
     # optimiser by its class name (RMSprop, NAdam, Adadelta, ...; case does not matter).
     optimizer: str = "adam"
     lr: float = field(default=1e-3, metadata=allowed(lambda v: v > 0, "a number > 0"))
-    momentum: float = field(default=0.9, metadata=allowed(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    momentum: float = field(default=0.9, metadata=allowed(lambda v: 0 <= v < 1, "a number in [0, 1)",
+                                                          "torch.optim.SGD's default is 0; sgd only"))
     weight_decay: float = field(default=0.0, metadata=allowed(lambda v: v >= 0, "a number >= 0"))
     optimizer_args: dict = field(default_factory=dict)  # its other keyword arguments (lr is train.lr)
     batch_size: int = field(default=64, metadata=allowed(lambda v: v >= 2, "an integer >= 2"))
     epochs: int = field(default=30, metadata=allowed(lambda v: v >= 1, "an integer >= 1"))
     # Epochs without a new best validation loss before stopping; 0 trains all epochs.
-    patience: int = field(default=5, metadata=allowed(lambda v: v >= 0, "an integer >= 0"))
-    restore_best: bool = True  # end with the weights of the best validation loss
-    val_fraction: float = field(default=0.1,
-                                metadata=allowed(lambda v: 0 < v <= 0.5, "a number in (0, 0.5]"))
+    patience: int = field(default=5, metadata=allowed(lambda v: v >= 0, "an integer >= 0",
+                                                      "a plain loop trains every epoch: set 0 for that"))
+    # End with the weights of the best validation loss.
+    restore_best: bool = field(default=True, metadata=unlike("a plain loop tests its last epoch's weights: set false"))
+    val_fraction: float = field(default=0.1, metadata=allowed(
+        lambda v: 0 < v <= 0.5, "a number in (0, 0.5]",
+        "a plain script trains on the whole train split; this much of it is held out, stratified"))
     # Inputs standardised per channel with train statistics (false: as the dataset loads them, e.g.
     # MNIST in [0, 1] as torchvision's ToTensor() gives them, which the studies fed their models).
-    standardize: bool = True
+    standardize: bool = field(default=True, metadata=unlike(
+        "torchvision's ToTensor() gives [0, 1] inputs: set false to feed them as loaded"))
     augment: str = "none"  # a name in data.AUGMENTATIONS, applied per training batch on the device
     sampler: str = "uniform"  # a name in train.SAMPLERS: "balanced" draws classes equally often
     class_weighted: bool = False  # weight the training loss by inverse class frequency
