@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 from ablatrix.data import data_root
-from ablatrix.executors import RunOptions, available_cores, run_grids
+from ablatrix.cores import available_cores
+from ablatrix.executors import RunOptions, run_grids
 from ablatrix.spec import load_grid
 
 GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"

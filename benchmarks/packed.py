@@ -24,7 +24,7 @@ from torch import nn
 
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits
-from ablatrix.executors import available_cores
+from ablatrix.cores import available_cores
 from ablatrix.models import create_model, resolve_params
 from ablatrix.packed import PackedConvNet, PackedOptimizer, _member_losses, train_pack
 from ablatrix.train import Execution, train_run

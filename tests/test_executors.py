@@ -20,7 +20,8 @@ import torch
 import ablatrix
 from ablatrix import executors
 from ablatrix.errors import AblatrixError
-from ablatrix.executors import RunOptions, available_cores, pending, resolve_device, run_grids
+from ablatrix.cores import available_cores
+from ablatrix.executors import RunOptions, pending, resolve_device, run_grids
 from ablatrix.report import write_report
 from ablatrix.data import load_splits
 from ablatrix.spec import load_grid

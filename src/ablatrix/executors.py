@@ -33,6 +33,7 @@ from tqdm import tqdm
 
 from .data import DATASETS, load_splits
 from .datasets import register_named
+from .cores import Runner, threads_for
 from .progress import PROGRESS_SECONDS, Progress
 from .errors import AblatrixError
 from .registry import Registry
@@ -115,10 +116,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise AblatrixError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def pending(grids: Sequence[Grid], results: Path, retry_failed: bool = False) -> Todo:
@@ -384,6 +381,8 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
 def run_sequential(todo: Todo, options: RunOptions, bar: Progress) -> list[str]:
     statuses = []
     for unit in units(todo, options):
+        if options.device.type == "cpu":
+            torch.set_num_threads(threads_for(1))
         kind = "one training" if one_training([job[0] for job in unit]) else "packed"
         bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, {kind}" if len(unit) > 1 else ""))
         statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
@@ -392,14 +391,15 @@ def run_sequential(todo: Todo, options: RunOptions, bar: Progress) -> list[str]:
     return statuses
 
 
-def _worker(conn: Connection, device: str, threads: int, options: RunOptions) -> None:
-    """A spawned worker: trains the units (a cell or a pack) the parent sends, one at a time, until None."""
+def _worker(conn: Connection, device: str, workers: int, options: RunOptions) -> None:
+    """A spawned worker: trains the units (a cell or a pack) the parent sends, one at a time, until
+    None, each with its share of the CPU threads (`cores.threads_for`) as the unit starts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
     prepare_worker(options)
-    torch.set_num_threads(threads)
     options = replace(options, device=torch.device(device))
     while (unit := conn.recv()) is not None:
+        torch.set_num_threads(threads_for(workers) if options.device.type == "cpu" else 1)
         conn.send(train_claimed_unit(unit, options))
     # Done: holding no claim, a SIGTERM (the parent's exit ends daemonic workers still tearing
     # down torch) may end us quietly, not as a SystemExit inside an atexit callback.
@@ -442,13 +442,15 @@ class LocalExecutor:
             self.devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
         else:
             self.devices = [str(options.device)] * options.workers
-        self.threads = max(1, available_cores() // options.workers) if options.device.type == "cpu" else 1
+        self.runner = Runner()
 
     def __enter__(self) -> "LocalExecutor":
+        self.runner.__enter__()  # counted among this machine's runners while it lives (`cores`)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+        self.runner.__exit__()
 
     def close(self) -> None:
         """Tell the idle workers to exit. They are not joined: their torch teardown (about 1 s)
@@ -470,7 +472,7 @@ class LocalExecutor:
 
     def _start(self, device: str) -> _Slot:
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=_worker, args=(child, device, self.threads, self.options), daemon=True)
+        process = self.ctx.Process(target=_worker, args=(child, device, len(self.devices), self.options), daemon=True)
         process.start()
         child.close()  # the worker's end: when the worker dies, reading ours gives EOFError
         return _Slot(device, process, parent)

@@ -517,8 +517,11 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     out = report_dir(grids, results)
     paths = " ".join(g.path.as_posix() for g in grids)
     if res.done.empty:
+        missing = unavailable_data(grids, data_root(data_dir))
         raise AblatrixError(f"no finished run of {paths} in {results} yet: run `ablatrix run {paths}"
-                            + (f" --results {results}" if Path(results) != Path("results") else "") + "` first")
+                            + (f" --results {results}" if Path(results) != Path("results") else "") + "` first"
+                            + (f" (data not here yet: {', '.join(missing)}; `ablatrix list --data-dir DIR` "
+                               "says where each goes)" if missing else ""))
     formats = [*formats, *(f for f in formats_written(out) if f not in formats)]
     root = data_root(data_dir)
     # A committed report must not carry this machine's folders: name the data folder by its rule.
