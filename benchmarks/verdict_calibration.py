@@ -33,7 +33,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from ablatrix.stats import Design, decide, per_seed, seed_summary, spread_floor
+from ablatrix.stats import Design, decide, look_floors, per_seed, seed_summary, spread_floor
 
 ACCURACY_EFFECTS = {"null-a": 0.0, "null-b": 0.0, "null-c": 0.0, "inside-margin": 0.1, "0.5 pp": 0.5, "1 pp": 1.0,
                     "2 pp": 2.0, "2 x margin": 1.0}
@@ -86,7 +86,12 @@ def decide_family(deltas: np.ndarray, seeds: np.ndarray, margin: float, design: 
     if step is not None:
         frame["step"] = step
     by = ["trial", "effect"]
-    summary = seed_summary(per_seed(frame, by), by, floors=spread_floor(frame, by) if floors else None)
+    floor = None
+    if floors:  # as the report floors them: each look of a sequential analysis with its own seeds
+        floor = spread_floor(frame, by)
+        if design is not None:
+            floor = floor.merge(look_floors(frame, by, range(deltas.shape[2])), on=by)
+    summary = seed_summary(per_seed(frame, by), by, floors=floor)
     out = decide(summary, ["trial"], "holm", margin=margin, design=design)
     verdicts = np.empty((trials, effects), dtype=object)
     flagged = np.zeros((trials, effects), dtype=bool)

@@ -9,9 +9,9 @@ import pytest
 from scipy import stats as scipy_stats
 
 from ablatrix.stats import (Design, adjusted_level, benjamini_hochberg, decide, holm, interaction_deltas, interval,
-                            mark_best, outliers, paired_deltas, per_seed, probability_of_improvement, seed_summary,
-                            seeds_needed, spent, spread_floor, summarize, summarize_deltas, t_interval, t_test_p,
-                            verdict, wilson, z_boundaries)
+                            look_floors, mark_best, outliers, paired_deltas, per_seed, probability_of_improvement,
+                            seed_summary, seeds_needed, spent, spread_floor, summarize, summarize_deltas, t_interval,
+                            t_test_p, verdict, wilson, z_boundaries)
 
 T_975_DF1, T_975_DF2 = 12.706205, 4.302653  # Student-t 97.5% quantiles from a printed table
 
@@ -389,3 +389,15 @@ def test_verdicts_on_tied_binomial_accuracies_keep_their_error_rates(seeds):
         floors = spread_floor(frame, ["trial"])
         out = decide(seed_summary(per_seed(frame, ["trial"]), ["trial"], floors=floors), ["trial"], margin=0.5)
         assert out["verdict"].isin(wrong).mean() <= limit
+
+
+def test_each_look_is_floored_with_its_own_seeds():
+    """look_floors[c - 1] is the spread floor of the first c seeds (in the order they were added):
+    two tied early seeds with tied pairs keep the resolution floor at the second look, though a
+    third, spread seed raises the floor of all three."""
+    pairs = pair_rows({5: [-STEP, -STEP], 3: [-STEP, -STEP], 9: [4 * STEP, -6 * STEP]})
+    (floors,) = look_floors(pairs, ["comparison", "dataset"], order=(5, 3, 9))["look_floors"]
+    for c, seeds in ((2, [5, 3]), (3, [5, 3, 9])):
+        (expected,) = spread_floor(pairs[pairs["seed"].isin(seeds)], ["comparison", "dataset"])["sd_floor"]
+        assert floors[c - 1] == pytest.approx(expected)
+    assert floors[1] == pytest.approx(STEP / math.sqrt(24)) and floors[2] > 5 * floors[1]

@@ -168,7 +168,8 @@ INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b",
 # Main effects and interactions of a dataset are one family (Holm: few, and each may be acted on);
 # per-class effects of a dataset another (Benjamini-Hochberg: many, read as a screen).
 MAIN_METHOD, CLASS_METHOD = "holm", "bh"
-REPLAYED = ["values", "seeds"]  # the seed means (and their seeds) the decisions replayed; not table columns
+# The seed means (their seeds, each look's floor) the decisions replayed; not table columns.
+REPLAYED = ["values", "seeds", "look_floors"]
 
 
 def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] = SUMMARY_COLUMNS) -> pd.DataFrame:
@@ -207,9 +208,10 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
     # One family per dataset: main effects and interactions are adjusted together.
     family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
                     ["dataset"], MAIN_METHOD, level, settings.margin, design)
-    family = family.drop(columns=REPLAYED)
-    main = family.loc[family["kind"] == "main", [*main.columns.drop(REPLAYED), *DECISION_COLUMNS]]
-    inter = family.loc[family["kind"] == "interaction", [*inter.columns.drop(REPLAYED), *DECISION_COLUMNS]]
+    family = family.drop(columns=REPLAYED, errors="ignore")
+    main = family.loc[family["kind"] == "main", [*main.columns.drop(REPLAYED, errors="ignore"), *DECISION_COLUMNS]]
+    inter = family.loc[family["kind"] == "interaction",
+                       [*inter.columns.drop(REPLAYED, errors="ignore"), *DECISION_COLUMNS]]
     inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
                                                        "equivalent": "negligible", "undecided": "undecided"}))
     detected = inter[inter["verdict"] == "detected"]
@@ -232,7 +234,7 @@ def class_effect_table(res: Results, settings: ReportSettings, design: Design | 
         per_class.append(summarize_deltas(pairs, ["comparison", "dataset", "class_index", "class"],
                                           settings.confidence, design.order if design else ()).assign(factor=factor))
     return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
-                  design).drop(columns=REPLAYED)
+                  design).drop(columns=REPLAYED, errors="ignore")
 
 
 def cost_table(res: Results) -> pd.DataFrame:

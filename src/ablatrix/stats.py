@@ -309,6 +309,19 @@ def spread_floor(deltas: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
     return out["sd_floor"].reset_index()
 
 
+def look_floors(deltas: pd.DataFrame, by: Sequence[str], order: Sequence[int] = ()) -> pd.DataFrame:
+    """Per group of `by`: `look_floors`, the `spread_floor` of the group's first c seeds for
+    c = 1, 2, ... (seeds ranked as `seed_summary` ranks them: `order`, then the others by number).
+    A sequential analysis floors each look with what that look's own seeds show: the floor of
+    every seed would carry later seeds' spread back to the looks before them."""
+    rank_of = {s: i for i, s in enumerate(order)}
+    rank = deltas["seed"].map(lambda s: rank_of.get(s, len(rank_of) + s))
+    dense = rank.groupby([deltas[c] for c in by], sort=False, observed=True).rank(method="dense").astype(int)
+    parts = [deltas[dense <= c].assign(_look=c) for c in range(1, int(dense.max()) + 1)]
+    floors = spread_floor(pd.concat(parts, ignore_index=True), [*by, "_look"])
+    return floors.groupby(list(by), sort=False, observed=True)["sd_floor"].agg(tuple).reset_index(name="look_floors")
+
+
 def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[int] = (),
                  confidence: float = CONFIDENCE, floors: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per group of `by` (over `per_seed` rows): mean, sd, `sd_floor` (from `floors`, see
@@ -323,8 +336,10 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     out = grouped["delta"].agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
     out["values"] = grouped["delta"].agg(tuple).to_numpy()
     out["seeds"] = grouped["seed"].agg(tuple).to_numpy()
-    out["sd_floor"] = 0.0 if floors is None else out[list(by)].merge(floors, on=list(by), how="left")[
-        "sd_floor"].fillna(0.0).to_numpy()
+    merged = out[list(by)].merge(floors, on=list(by), how="left") if floors is not None else None
+    out["sd_floor"] = 0.0 if merged is None else merged["sd_floor"].fillna(0.0).to_numpy()
+    if merged is not None and "look_floors" in merged:
+        out["look_floors"] = merged["look_floors"].to_numpy()
     sd = used_sd(out)
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.abs(out["mean"]) / (sd / np.sqrt(out["n"]))
@@ -372,7 +387,10 @@ def summarize_deltas(deltas: pd.DataFrame, by: Sequence[str], confidence: float 
     resamples seeds."""
     if deltas.empty:
         return pd.DataFrame(columns=[*by, *SUMMARY_COLUMNS])
-    summary = seed_summary(per_seed(deltas, by), by, order, confidence, spread_floor(deltas, by))
+    floors = spread_floor(deltas, by)
+    if order:  # a sequential analysis: each look gets its own floor
+        floors = floors.merge(look_floors(deltas, by, order), on=list(by))
+    summary = seed_summary(per_seed(deltas, by), by, order, confidence, floors)
 
     def pairs(group: pd.DataFrame) -> pd.Series:
         d = group["delta"].to_numpy(dtype=float)
@@ -381,7 +399,7 @@ def summarize_deltas(deltas: pd.DataFrame, by: Sequence[str], confidence: float 
                           "losses": int((d < 0).sum()), "p_improvement": p_imp,
                           "p_improvement_low": p_low, "p_improvement_high": p_high})
     counts = deltas.groupby(list(by), sort=False).apply(pairs, include_groups=False).reset_index()
-    summary = summary.merge(counts, on=list(by))[[*by, *SUMMARY_COLUMNS]]
+    summary = summary.merge(counts, on=list(by))[[*by, *SUMMARY_COLUMNS, *(["look_floors"] if order else [])]]
     return summary.astype({k: int for k in ("n", "pairs", "wins", "ties", "losses")})
 
 
@@ -532,7 +550,11 @@ def _looks(values: np.ndarray, design: Design, floor: np.ndarray | float = 0.0) 
     mean = sums[:, counts - 1] / counts
     sd = np.sqrt(np.maximum(squares[:, counts - 1] - counts * mean ** 2, 0) / (counts - 1))
     tiny = sd <= 1e-9 * np.maximum(np.abs(mean), 1)  # identical seeds, up to rounding
-    sd = np.fmax(np.where(tiny, 0.0, sd), np.reshape(floor, (-1, 1)) if np.ndim(floor) else floor)
+    if np.ndim(floor) == 2:  # a floor per look (`look_floors`)
+        floor = np.asarray(floor)[:, counts - 1]
+    elif np.ndim(floor) == 1:
+        floor = np.reshape(floor, (-1, 1))
+    sd = np.fmax(np.where(tiny, 0.0, sd), floor)
     tiny = sd == 0
     with np.errstate(divide="ignore", invalid="ignore"):
         t = np.where(tiny, np.where(mean == 0, 0.0, np.inf), np.abs(mean) / (sd / np.sqrt(counts)))
@@ -557,7 +579,10 @@ def sequential(summary: pd.DataFrame, design: Design, errors: Sequence[float] | 
     for count in np.unique(n[n >= 2]):
         rows = np.flatnonzero(n == count)
         values = np.array([summary["values"].iat[i] for i in rows], dtype=float)
-        floor = summary["sd_floor"].to_numpy(dtype=float)[rows] if "sd_floor" in summary else 0.0
+        if "look_floors" in summary:  # rows x looks: each look's own floor
+            floor = np.array([summary["look_floors"].iat[i][:count] for i in rows], dtype=float)
+        else:
+            floor = summary["sd_floor"].to_numpy(dtype=float)[rows] if "sd_floor" in summary else 0.0
         got = (design.p_values(values, floor),) if errors is None else design.intervals(
             values, np.asarray(errors)[rows], floor)
         for target, part in zip(out, got):
