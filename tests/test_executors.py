@@ -146,15 +146,16 @@ def strip_timing(record: dict) -> dict:
             "test": record["test"], "best_epoch": record["best_epoch"]}
 
 
-def test_two_worker_processes_give_the_same_records_as_one(write_grid, tmp_path):
+def test_two_worker_processes_give_the_same_records_as_one(write_grid, tmp_path, monkeypatch):
     """--workers 2 trains every cell once, in spawned processes, with the sequential numbers."""
     grid = load_grid(write_grid())
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each of the two workers on 2 cores: same arithmetic, same order
-    try:
-        run_grids([grid], tmp_path / "one", OPTIONS)
-    finally:
-        torch.set_num_threads(threads)
+    with monkeypatch.context() as patch:  # as each of the two workers: same arithmetic, same order
+        patch.setattr(executors, "threads_for", lambda workers: max(1, available_cores() // 2))
+        try:
+            run_grids([grid], tmp_path / "one", OPTIONS)
+        finally:
+            torch.set_num_threads(threads)
     summary = run_grids([grid], tmp_path / "two", replace(OPTIONS, workers=2))
     assert (summary.trained, summary.failed) == (4, 0)
     one, two = (ResultStore(tmp_path / d, grid.name).records() for d in ("one", "two"))
@@ -265,12 +266,12 @@ class Faulty(nn.Module):
 """
 
 
-def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, tmp_path):
+def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, tmp_path, monkeypatch):
     """On a local Ray (1 CPU per cell) every unclaimed cell trains once, with the sequential numbers."""
     import ray
     grid = load_grid(write_grid())
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # each Ray task trains with cpus_per_run = 1 thread
+    monkeypatch.setattr(executors, "threads_for", lambda workers: 1)  # as each Ray task: cpus_per_run = 1 thread
     try:
         run_grids([grid], tmp_path / "one", OPTIONS)
     finally:
@@ -712,7 +713,7 @@ def test_a_pack_renews_the_claims_of_its_stopped_members(write_grid, tmp_path, m
     grid = load_grid(write_grid(TINY_GRID.replace("epochs = 2", "epochs = 12").replace("patience = 0", "lr = 0.05")
                                 + "train.patience = [1, 0]\n"), ["seeds=[0]", "axes.model.batchnorm=[true]"])
     beats = []
-    monkeypatch.setattr(ResultStore, "heartbeat", lambda store, run_id: beats.append(run_id))
+    monkeypatch.setattr(ResultStore, "heartbeat", lambda store, run_id, epoch=None: beats.append(run_id))
     assert run_grids([grid], tmp_path, replace(OPTIONS, pack=2)).trained == 2
     records = ResultStore(tmp_path, grid.name).records().values()
     assert sorted(r["epochs_trained"] for r in records)[0] < 12  # one member stopped early, or this tests nothing

@@ -268,3 +268,30 @@ def test_undecided_effects_say_how_many_seeds_would_decide_them(grid, tmp_path):
     (row,) = pd.read_csv(tmp_path / "tiny" / "deltas.csv").to_dict("records")
     assert row["verdict"] == "undecided" and row["seeds_needed"] > 2
     assert "would decide it if the spread holds" in report and "nan" not in report.lower()
+
+
+def test_a_plain_report_rewrites_every_format_written_before_and_removes_what_it_no_longer_writes(
+        write_grid, tmp_path, capsys):
+    """After `--format md,tex,csv,html`, a plain `report` on a grown grid rewrites all four (the
+    HTML and the tables count the new cells), removes a figure of a level that is gone, and prints
+    every file it wrote."""
+    grid = load_grid(write_grid())
+    store_runs(grid, tmp_path, FULL)
+    assert main(["report", str(grid.path), "--results", str(tmp_path), "--format", "md,tex,csv,html"]) == 0
+    out = tmp_path / "tiny"
+    stale = out / "figures" / "axis_model_dropout_digits.png"
+    stale.write_bytes(b"a figure of an axis the grid no longer has")
+    grown = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    store = ResultStore(tmp_path, "tiny")
+    for cell in load_grid(grown).cells:
+        if cell.config.seed == 2:
+            store.put(fabricate(cell, 0.75))
+    capsys.readouterr()
+    assert main(["report", str(grown), "--results", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "6 cells (6 done" in (out / "REPORT.html").read_text()
+    assert pd.read_csv(out / "deltas.csv")["n"].tolist() == [3]
+    assert "tab:tiny-ablation" in (out / "ablation.tex").read_text()
+    assert not stale.exists()
+    for name in ("REPORT.md", "REPORT.html", "ablation.tex", "effects.tex", "deltas.csv"):
+        assert name in printed

@@ -379,15 +379,18 @@ def system_failure(cell: Cell, options: RunOptions, earlier: tuple[str, ...], er
 
 
 def run_sequential(todo: Todo, options: RunOptions, bar: Progress) -> list[str]:
-    statuses = []
-    for unit in units(todo, options):
-        if options.device.type == "cpu":
-            torch.set_num_threads(threads_for(1))
-        kind = "one training" if one_training([job[0] for job in unit]) else "packed"
-        bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, {kind}" if len(unit) > 1 else ""))
-        statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
-            epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
-        bar.done([job[0] for job in unit])
+    statuses, threads = [], torch.get_num_threads()
+    try:
+        for unit in units(todo, options):
+            if options.device.type == "cpu":  # this runner's share of the cores, as the training starts
+                torch.set_num_threads(threads_for(1))
+            kind = "one training" if one_training([job[0] for job in unit]) else "packed"
+            bar.set_description(unit[0][0].label() + (f" and {len(unit) - 1} more, {kind}" if len(unit) > 1 else ""))
+            statuses += train_claimed_unit(unit, options, lambda row: bar.set_postfix(
+                epoch=row["epoch"], val_acc=f"{row['val_accuracy']:.3f}"))
+            bar.done([job[0] for job in unit])
+    finally:
+        torch.set_num_threads(threads)  # a notebook's own setting, as it was
     return statuses
 
 
