@@ -11,7 +11,7 @@ from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
-from conftest import FULL, SUPPORT, TINY_GRID, fabricate, store_runs
+from conftest import FULL, TINY_GRID, fabricate, store_runs
 
 T_975_DF1 = 12.706205
 

@@ -82,6 +82,8 @@ def test_paired_deltas_against_the_first_value_for_three_levels():
                           "acc": [80.0, 85.0, 70.0]})
     deltas = paired_deltas(frame, "p", ["variant", "p"], "acc")
     assert dict(zip(deltas["comparison"], deltas["delta"])) == {"0.2 − 0.0": 5.0, "0.5 − 0.0": -10.0}
+    # each row also carries the values it compares, so code never parses the label
+    assert list(zip(deltas["level"], deltas["baseline"])) == [(0.2, 0.0), (0.5, 0.0)]
 
 
 @pytest.mark.parametrize("values", [[1.0, 2.0, 0.5], [-0.3, 0.1, -0.8, -0.2], [2.0, 2.5]])

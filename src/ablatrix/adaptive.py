@@ -93,9 +93,7 @@ def plan(grids: Sequence[Grid], results: Path, design: Design) -> Plan:
     for row in deltas[deltas["verdict"] == "undecided"].itertuples(index=False):
         effect = _effect(row)
         undecided.append(effect)
-        levels = list(dict.fromkeys(res.done[row.factor]))
-        level = next(v for v in levels[1:] if f"{v} − {levels[0]}" == row.comparison)
-        sides = res.runs[res.runs[row.factor].isin([levels[0], level]) & (res.runs["dataset"] == row.dataset)]
+        sides = res.runs[res.runs[row.factor].isin([row.baseline, row.level]) & (res.runs["dataset"] == row.dataset)]
         configs = {_config(r, axes) for r in sides.to_dict("records")}
         seed = next((s for s in seeds if any(s not in have.get(c, ()) for c in configs)), None)
         if seed is None:

@@ -163,7 +163,7 @@ def varied(res: Results) -> list[str]:
     return [f for f in res.factors if res.done[f].nunique() > 1]
 
 
-EFFECT_KEYS = ["factor", "comparison", "dataset"]
+EFFECT_KEYS = ["factor", "comparison", "level", "baseline", "dataset"]  # level, baseline: values; comparison: label
 INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b", "dataset"]
 # Main effects and interactions of a dataset are one family (Holm: few, and each may be acted on);
 # per-class effects of a dataset another (Benjamini-Hochberg: many, read as a screen).
@@ -193,7 +193,8 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
     for factor in factors:
         pairs = paired_deltas(done, factor, res.factors, "accuracy")
         pairs["step"] = pairs["dataset"].map(step)
-        overall.append(summarize_deltas(pairs, ["comparison", "dataset"], level, order).assign(factor=factor))
+        overall.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset"], level, order)
+                       .assign(factor=factor))
     for a, b in itertools.combinations(factors, 2):
         pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
         if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
@@ -231,7 +232,7 @@ def class_effect_table(res: Results, settings: ReportSettings, design: Design | 
     for factor in varied(res):
         pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
         pairs = pairs.merge(class_steps(res), on=["dataset", "class_index"], how="left")
-        per_class.append(summarize_deltas(pairs, ["comparison", "dataset", "class_index", "class"],
+        per_class.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset", "class_index", "class"],
                                           settings.confidence, design.order if design else ()).assign(factor=factor))
     return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
                   design).drop(columns=REPLAYED, errors="ignore")

@@ -94,7 +94,8 @@ def paired_deltas(runs: pd.DataFrame, factor: str, factors: Sequence[str], value
 
     The baseline is the factor's first value in `runs`. Pairs match on the other factors, the
     dataset, the seed and `extra_keys` (e.g. the class). Returns one row per pair with columns
-    `comparison`, the match keys and `delta`.
+    `level` and `baseline` (the factor's values: what code compares), `comparison` (their label,
+    for people), the match keys and `delta`.
     """
     keys = [f for f in factors if f != factor] + ["dataset", "seed", *extra_keys]
     levels = list(dict.fromkeys(runs[factor]))
@@ -104,10 +105,12 @@ def paired_deltas(runs: pd.DataFrame, factor: str, factors: Sequence[str], value
         other = runs[runs[factor] == level].set_index(keys)[value]
         joined = pd.concat({"base": base, "other": other}, axis=1, join="inner").dropna()
         delta = (joined["other"] - joined["base"]).rename("delta").reset_index()
-        frames.append(delta.assign(comparison=f"{level} − {levels[0]}"))
+        frames.append(delta.assign(level=[level] * len(delta), baseline=[levels[0]] * len(delta),
+                                   comparison=f"{level} − {levels[0]}"))
+    columns = ["level", "baseline", "comparison", *keys, "delta"]
     if not frames:
-        return pd.DataFrame(columns=["comparison", *keys, "delta"])
-    return pd.concat(frames, ignore_index=True)[["comparison", *keys, "delta"]]
+        return pd.DataFrame(columns=columns)
+    return pd.concat(frames, ignore_index=True)[columns]
 
 
 def t_test_p(values: Sequence[float]) -> float:
