@@ -22,7 +22,9 @@ import torch
 from ablatrix.adaptive import run_until_decided
 from ablatrix.data import data_root
 from ablatrix.executors import RunOptions, executor_for, run_grids
-from ablatrix.report import collect, design_of, effect_tables, report_settings, seeding_state
+from ablatrix.effects import effect_tables, report_settings
+from ablatrix.frames import collect
+from ablatrix.sequential import design_of, seeding_state
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 

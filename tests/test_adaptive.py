@@ -13,7 +13,8 @@ from ablatrix.adaptive import plan, run_until_decided
 from ablatrix.cli import main
 from ablatrix.executors import RunOptions, run_grids
 from ablatrix.errors import AblatrixError
-from ablatrix.report import new_design, write_report
+from ablatrix.report import write_report
+from ablatrix.sequential import new_design
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 from ablatrix.train import classification_metrics

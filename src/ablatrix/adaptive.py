@@ -25,8 +25,9 @@ from typing import Any, Sequence
 
 from .executors import RunOptions, executor_for, run_grids
 from .errors import AblatrixError
-from .report import (SEEDING_FILE, collect, design_of, design_record, effect_tables, new_design,
-                     report_dir, report_settings, seeding_state)
+from .effects import effect_tables, report_settings
+from .frames import collect
+from .sequential import SEEDING_FILE, design_of, design_record, new_design, report_dir, seeding_state
 from .spec import Cell, Grid, axis_value
 from .stats import Design
 from .store import ResultStore, atomic_write_text

@@ -1,15 +1,10 @@
-"""Reports from stored runs alone: tidy CSV tables (the contract other tools read) and REPORT.md.
-
-runs.csv has one row per cell of the grid, including cells not yet trained (status `pending`)
-and failed ones, so a partial grid is visible as such rather than silently averaged away. The
-report's statistics use finished runs only and count the others beside them.
+"""REPORT.md (and REPORT.html), the paper tables and the figures of one or more grids, from their
+stored records alone: `frames` reads the records, `effects` computes the tables, this module
+renders them and writes the report folder so that nothing in it is older than the records.
 """
 from __future__ import annotations
 
-import itertools
-import json
 import math
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Collection, Sequence
@@ -18,249 +13,20 @@ import pandas as pd
 from tabulate import tabulate
 
 from . import figures, latex
-from .report_html import write_html
 from .data import DATASETS, data_root
+from .effects import (accuracy_table, against_base, class_effect_table, cost_table, effect_tables, per_class_table,
+                      reference_table, report_settings)
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
-from .spec import Grid, ReportSettings, axis_value
-from .stats import (DECISION_COLUMNS, RESAMPLES, SEEDS_CAP, SUMMARY_COLUMNS, Design, decide, interaction_deltas,
-                    mark_best, paired_deltas, summarize, summarize_deltas)
+from .frames import Results, collect, varied
+from .report_html import write_html
+from .sequential import design_of, report_dir, seeding_state
+from .spec import Grid, ReportSettings
+from .stats import RESAMPLES, SEEDS_CAP, Design
 from .store import ResultStore, atomic_write_text
 
-RUN_COLUMNS = ("run_id", "variant", "dataset", "seed")
-SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, written by `adaptive`
-METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "train_accuracy", "val_accuracy",
-                  "test_accuracy", "test_loss", "wall_seconds", "status")
+
 FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
-
-
-def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per cell: identity, one column per axis, cost, test metrics and status."""
-    rows = []
-    for cell in grid.stored_cells(records):
-        record = records.get(cell.run_id)
-        done = record is not None and record["status"] == "done"
-        tested = tested_epoch(record) if done else None
-        rows.append({
-            "run_id": cell.run_id, "variant": cell.variant, "dataset": cell.config.dataset,
-            "seed": cell.config.seed, **{k: axis_value(v) for k, v in cell.axes.items()},
-            "params": cell.params,
-            "epochs_trained": record["epochs_trained"] if done else None,
-            "best_epoch": record["best_epoch"] if done else None,
-            "train_accuracy": tested["train_accuracy"] if tested else None,
-            "val_accuracy": tested["val_accuracy"] if tested else None,
-            "test_accuracy": record["test"]["accuracy"] if done else None,
-            "test_loss": record["test"]["loss"] if done else None,
-            "wall_seconds": record["wall_seconds"] if record else None,
-            "status": record["status"] if record else "pending"})
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *METRIC_COLUMNS])
-
-
-def tested_epoch(record: dict[str, Any]) -> dict[str, float] | None:
-    """The history row of the weights that were tested: the best epoch's, or with
-    `restore_best = false` the last one's. Its train accuracy is measured during that epoch
-    (dropout on, weights changing), as training loops usually log it."""
-    if not record["history"]:
-        return None
-    if record["config"]["train"].get("restore_best", True):
-        return record["history"][record["best_epoch"] - 1] if record["best_epoch"] else None
-    return record["history"][-1]
-
-
-def per_class_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    """One row per finished run and class: accuracy with the correct/support counts behind it."""
-    rows = []
-    for cell in grid.stored_cells(records):
-        record = records.get(cell.run_id)
-        if record is None or record["status"] != "done":
-            continue
-        names = DATASETS[cell.config.dataset].classes
-        for entry in record["test"]["per_class"]:
-            rows.append({"run_id": cell.run_id, "class_index": entry["class"],
-                         "class": names[entry["class"]], "accuracy": entry["accuracy"],
-                         "correct": entry["correct"], "support": entry["support"]})
-    return pd.DataFrame(rows, columns=["run_id", "class_index", "class", "accuracy", "correct", "support"])
-
-
-@dataclass
-class Results:
-    """The stored runs of one or more grids, as frames the tables and figures are computed from."""
-
-    grids: list[Grid]
-    runs: pd.DataFrame  # runs.csv rows of every grid, with a `grid` column
-    per_class: pd.DataFrame  # per_class.csv rows joined to their run's factors
-    records: dict[str, dict[str, Any]]  # finished and failed records by run id
-    factors: list[str]  # columns that identify a configuration: [grid,] variant, axes
-
-    @property
-    def done(self) -> pd.DataFrame:
-        return self.runs[self.runs["status"] == "done"]
-
-
-def collect(grids: Sequence[Grid], results: Path, write: bool = True) -> Results:
-    """Read every grid's records and join them; with `write`, also write runs.csv and per_class.csv."""
-    runs, per_class, all_records = [], [], {}
-    for grid in grids:
-        store = ResultStore(results, grid.name)
-        ids = {c.run_id for c in (*grid.cells, *grid.extra_cells)}
-        records = {k: v for k, v in store.records().items() if k in ids}
-        grid_runs, grid_classes = runs_frame(grid, records), per_class_frame(grid, records)
-        if write:
-            atomic_write_text(store.dir / "runs.csv", grid_runs.to_csv(index=False))
-            atomic_write_text(store.dir / "per_class.csv", grid_classes.to_csv(index=False))
-        runs.append(grid_runs.assign(grid=grid.name))
-        per_class.append(grid_classes)
-        all_records.update(records)
-    axes = list(dict.fromkeys(a for g in grids for a in g.axes))
-    factors = (["grid"] if len(grids) > 1 else []) + ["variant", *axes]
-    runs_all = pd.concat(runs, ignore_index=True)
-    runs_all[axes] = runs_all[axes].astype(object).where(runs_all[axes].notna(), "—")
-    per_class_all = pd.concat(per_class, ignore_index=True).merge(
-        runs_all[["run_id", *factors, "dataset", "seed"]], on="run_id")
-    return Results(list(grids), runs_all, per_class_all, all_records, factors)
-
-
-def steps(res: Results) -> dict[str, float]:
-    """Each dataset's resolution in pp: one test image of N moves accuracy by 100/N."""
-    sizes = res.per_class.groupby(["dataset", "run_id"])["support"].sum().groupby("dataset").max()
-    return {dataset: 100 / size for dataset, size in sizes.items()}
-
-
-def class_steps(res: Results) -> pd.DataFrame:
-    """Each class's resolution in pp (100 / its test images), by dataset and class index."""
-    support = res.per_class.groupby(["dataset", "class_index"])["support"].max()
-    return (100 / support).rename("step").reset_index()
-
-
-def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
-    """Test accuracy (%) per configuration and dataset: mean, std, t-CI (its sd at least the test
-    set's rounding sd, its bounds inside 0-100), seeds, best/tie, gaps."""
-    keys = [*res.factors, "dataset"]
-    status = res.runs.groupby(keys, sort=False)["status"].value_counts().unstack(fill_value=0)
-    step = steps(res)
-    summary = res.done.groupby(keys, sort=False)[["test_accuracy", "dataset"]].apply(
-        lambda g: summarize(100 * g["test_accuracy"], settings.confidence, step.get(g["dataset"].iat[0], 0.0),
-                            (0.0, 100.0)))
-    table = status.join(summary, how="left").reset_index()
-    for column in ("done", "failed", "pending"):
-        table[column] = table[column] if column in table else 0
-    table["n"] = table["done"]
-    table["mark"] = mark_best(table.dropna(subset=["mean"])).reindex(table.index).fillna("")
-    return table[[*keys, "mean", "std", "ci_low", "ci_high", "n", "failed", "pending", "mark"]]
-
-
-def per_class_table(res: Results) -> pd.DataFrame:
-    """Per-class accuracy (%) per configuration: mean over seeds, and the summed correct/total."""
-    keys = [*res.factors, "dataset", "class_index", "class"]
-    grouped = res.per_class.groupby(keys, sort=False)
-    return pd.DataFrame({"accuracy": 100 * grouped["accuracy"].mean(), "n": grouped.size(),
-                         "correct": grouped["correct"].sum(), "total": grouped["support"].sum()}
-                        ).reset_index()
-
-
-def varied(res: Results) -> list[str]:
-    """The factors that take more than one value among finished runs."""
-    return [f for f in res.factors if res.done[f].nunique() > 1]
-
-
-EFFECT_KEYS = ["factor", "comparison", "level", "baseline", "dataset"]  # level, baseline: values; comparison: label
-INTERACTION_KEYS = ["factor_a", "comparison_a", "factor_b", "level_b", "base_b", "dataset"]
-# Main effects and interactions of a dataset are one family (Holm: few, and each may be acted on);
-# per-class effects of a dataset another (Benjamini-Hochberg: many, read as a screen).
-MAIN_METHOD, CLASS_METHOD = "holm", "bh"
-# The seed means (their seeds, each look's floor) the decisions replayed; not table columns.
-REPLAYED = ["values", "seeds", "look_floors"]
-
-
-def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] = SUMMARY_COLUMNS) -> pd.DataFrame:
-    if not frames:
-        return pd.DataFrame(columns=[*keys, *columns])
-    frame = pd.concat(frames, ignore_index=True)
-    return frame[keys + [k for k in frame if k not in keys]]
-
-
-def effect_tables(res: Results, settings: ReportSettings, design: Design | None = None) -> dict[str, pd.DataFrame]:
-    """Paired effects of every varied factor on accuracy (percentage points), `deltas`, and the
-    interaction of every pair of varied factors, `interactions`; each row with its adjusted p-value,
-    adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it.
-    With a `design` (records made by seeds on demand) the analysis is the sequential one."""
-    level = settings.confidence
-    order = design.order if design else ()
-    done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
-    overall, interactions = [], []
-    factors = varied(res)
-    step = steps(res)
-    for factor in factors:
-        pairs = paired_deltas(done, factor, res.factors, "accuracy")
-        pairs["step"] = pairs["dataset"].map(step)
-        overall.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset"], level, order)
-                       .assign(factor=factor))
-    for a, b in itertools.combinations(factors, 2):
-        pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
-        if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
-            continue
-        by = ["comparison_a", "level_b", "base_b", "dataset"]
-        conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
-        pairs = pairs.drop(columns=["effect_at_base", "effect_at_level"]).assign(step=pairs["dataset"].map(step))
-        interactions.append(summarize_deltas(pairs, by, level, order).join(conditional, on=by)
-                            .assign(factor_a=a, factor_b=b))
-    main = _frame(overall, EFFECT_KEYS)
-    inter = _frame(interactions, INTERACTION_KEYS, [*SUMMARY_COLUMNS, "effect_at_base", "effect_at_level"])
-    # One family per dataset: main effects and interactions are adjusted together.
-    family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
-                    ["dataset"], MAIN_METHOD, level, settings.margin, design)
-    family = family.drop(columns=REPLAYED, errors="ignore")
-    main = family.loc[family["kind"] == "main", [*main.columns.drop(REPLAYED, errors="ignore"), *DECISION_COLUMNS]]
-    inter = family.loc[family["kind"] == "interaction",
-                       [*inter.columns.drop(REPLAYED, errors="ignore"), *DECISION_COLUMNS]]
-    inter = inter.assign(verdict=inter["verdict"].map({"better": "detected", "worse": "detected",
-                                                       "equivalent": "negligible", "undecided": "undecided"}))
-    detected = inter[inter["verdict"] == "detected"]
-    partners = {}
-    for row in detected.itertuples():
-        partners.setdefault((row.factor_a, row.dataset), set()).add(row.factor_b)
-        partners.setdefault((row.factor_b, row.dataset), set()).add(row.factor_a)
-    main["interacts_with"] = [", ".join(sorted(partners.get((f, d), ())))
-                              for f, d in zip(main["factor"], main["dataset"])]
-    return {"deltas": main.reset_index(drop=True), "interactions": inter.reset_index(drop=True)}
-
-
-def class_effect_table(res: Results, settings: ReportSettings, design: Design | None = None) -> pd.DataFrame:
-    """The paired effect of every varied factor on each class's accuracy (pp), decided per dataset."""
-    classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
-    per_class = []
-    for factor in varied(res):
-        pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
-        pairs = pairs.merge(class_steps(res), on=["dataset", "class_index"], how="left")
-        per_class.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset", "class_index", "class"],
-                                          settings.confidence, design.order if design else ()).assign(factor=factor))
-    return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
-                  design).drop(columns=REPLAYED, errors="ignore")
-
-
-def cost_table(res: Results) -> pd.DataFrame:
-    """Parameters, epochs to the best validation loss, wall time per run and in total."""
-    keys = [*res.factors, "dataset"]
-    grouped = res.runs.groupby(keys, sort=False)
-    return pd.DataFrame({"params": grouped["params"].first(),
-                         "best_epoch": grouped["best_epoch"].mean(),
-                         "epochs_trained": grouped["epochs_trained"].mean(),
-                         "seconds_per_run": grouped["wall_seconds"].mean(),
-                         "seconds_total": grouped["wall_seconds"].sum()}).reset_index()
-
-
-def reference_table(res: Results) -> pd.DataFrame:
-    """Each published number beside ours (%, mean ± std over the matching finished runs)."""
-    rows = []
-    for grid in res.grids:
-        for ref in grid.references:
-            ids = {c.run_id for c in grid.stored_cells(res.records) if ref.matches(c.facts)}
-            ours = 100 * res.done.loc[res.done["run_id"].isin(ids), ref.metric]
-            rows.append({"source": ref.source, "cells": " ".join(f"{k}={v}" for k, v in ref.match.items()),
-                         "metric": ref.metric, "published": ref.value, "ours": ours.mean(),
-                         "std": ours.std(), "n": len(ours), "ours − published": ours.mean() - ref.value})
-    return pd.DataFrame(rows, columns=["source", "cells", "metric", "published", "ours", "std", "n",
-                                       "ours − published"])
 
 
 def unavailable_data(grids: Sequence[Grid], root: Path, skip: Collection[str] = ()) -> dict[str, str]:
@@ -434,51 +200,6 @@ def _provenance(records: list[dict[str, Any]]) -> list[str]:
     revisions = sorted({r["code_revision"] for r in records})
     return [f"- device: {', '.join(devices)}", f"- torch: {', '.join(torch_versions)}",
             f"- ablatrix code: {', '.join(revisions)}"]
-
-
-def report_dir(grids: Sequence[Grid], results: Path) -> Path:
-    """<results>/<grid> for one grid, <results>/<grid1>+<grid2>... for several together."""
-    return Path(results) / "+".join(g.name for g in grids)
-
-
-def report_settings(grids: Sequence[Grid]) -> ReportSettings:
-    """The grids' shared `[report]` settings; grids reported together must agree on them."""
-    settings = {g.report for g in grids}
-    if len(settings) > 1:
-        raise AblatrixError("grids reported together must share their [report] settings; they have "
-                            + "; ".join(f"{g.name}: margin {g.report.margin:g}, confidence {g.report.confidence:g}"
-                                        for g in grids))
-    return settings.pop()
-
-
-def seeding_state(grids: Sequence[Grid], results: Path) -> dict[str, Any]:
-    """What the last `run --until-decided` of these grids wrote to seeding.json ({} if none)."""
-    seeding = report_dir(grids, results) / SEEDING_FILE
-    return json.loads(seeding.read_text(encoding="utf-8")) if seeding.exists() else {}
-
-
-def design_of(grids: Sequence[Grid], state: dict[str, Any]) -> Design | None:
-    """The sequential design of the grids' records when `run --until-decided` made them (its
-    seeding.json `state`), else None: a fixed seed list is analysed as a fixed sample."""
-    if not state:
-        return None
-    stored = state.get("design")
-    if stored is None:  # written before designs were stored: the one that run followed
-        return new_design(grids)
-    return Design(stored["first_look"], stored["max_seeds"], tuple(stored["seed_order"]))
-
-
-def design_record(design: Design) -> dict[str, Any]:
-    """A design as seeding.json keeps it, for `design_of` to read back."""
-    return {"method": design.METHOD, "first_look": design.first_look, "max_seeds": design.max_seeds,
-            "seed_order": list(design.order)}
-
-
-def new_design(grids: Sequence[Grid]) -> Design:
-    """A look at every seed count from the grids' own seeds to their max_seeds, seeds in the order
-    `run --until-decided` adds them."""
-    order = tuple(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
-    return Design(min(len(g.seeds) for g in grids), max(len(g.seeds) + len(g.extra_seeds) for g in grids), order)
 
 
 def _statistics_line(settings: ReportSettings, design: Design | None) -> str:
@@ -679,28 +400,3 @@ def remove_stale(out: Path, written: Collection[Path]) -> None:
     made): what is left in `out` describes the records as they are now."""
     for path in set(outputs(out)) - set(written):
         path.unlink()
-
-
-def against_base(res: Results, settings: ReportSettings, design: Design | None = None) -> pd.DataFrame:
-    """Each configuration's paired difference in test accuracy from the base (the grid's first
-    configuration) on the same dataset and seed, decided per dataset with Holm: config (a tuple
-    of the varied factors' values), dataset, mean, adjusted interval, verdict."""
-    shown = varied(res) or res.factors
-    done = res.done.assign(accuracy=100 * res.done["test_accuracy"],
-                           config=[tuple(r) for r in res.done[shown].itertuples(index=False)])
-    configs = list(dict.fromkeys(done["config"]))
-    base = done[done["config"] == configs[0]].set_index(["dataset", "seed"])["accuracy"]
-    step = steps(res)
-    frames = []
-    for config in configs[1:]:
-        other = done[done["config"] == config].set_index(["dataset", "seed"])["accuracy"]
-        joined = pd.concat({"base": base, "other": other}, axis=1, join="inner").dropna()
-        frames.append((joined["other"] - joined["base"]).rename("delta").reset_index().assign(
-            config=[config] * len(joined)))
-    columns = ["config", "dataset", "mean", "ci_low_adjusted", "ci_high_adjusted", "verdict"]
-    if not frames:
-        return pd.DataFrame(columns=columns)
-    pairs = pd.concat(frames, ignore_index=True)
-    pairs["step"] = pairs["dataset"].map(step)
-    summary = summarize_deltas(pairs, ["config", "dataset"], settings.confidence, design.order if design else ())
-    return decide(summary, ["dataset"], MAIN_METHOD, settings.confidence, settings.margin, design)[columns]
