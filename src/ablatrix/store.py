@@ -308,7 +308,9 @@ class ResultStore:
         """Renew the claim; with `epoch` ('3/40'), also say how far the training is, for `status`."""
         self.lock_path(run_id).touch()
         if epoch is not None:
-            atomic_write_bytes(self.epoch_path(run_id), epoch.encode(), durable=False)
+            # A plain write, no temporary file: a worker stopped mid-write must leave nothing but the
+            # note itself (released with the claim); a reader that meets it half-written shows no epoch.
+            self.epoch_path(run_id).write_text(epoch, encoding="utf-8")
 
     def epoch_path(self, run_id: str) -> Path:
         return self.runs_dir / f"{run_id}.epoch"
