@@ -306,3 +306,12 @@ def test_a_copied_grid_that_kept_the_name_is_refused(write_grid, tmp_path, capsy
     assert (tmp_path / "res" / "tiny" / "REPORT.md").read_text() == before
     moved = original.path.rename(tmp_path / "moved.toml")  # the original moved away: no conflict any more
     assert main(["list", str(copy), "--results", str(tmp_path / "res")]) == 0 and moved.exists()
+
+
+def test_the_parsers_lists_name_what_the_registries_hold():
+    """--executor and --format list their choices without importing torch; the lists match the
+    executor registry and the report's formats, so neither can drift."""
+    from ablatrix.cli import EXECUTOR_NAMES, FORMAT_NAMES
+    from ablatrix.executors import EXECUTORS
+    from ablatrix.report import FORMATS
+    assert sorted(EXECUTOR_NAMES) == sorted(EXECUTORS) and tuple(FORMAT_NAMES) == tuple(FORMATS)

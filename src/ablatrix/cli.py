@@ -72,8 +72,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     import torch
 
     from .data import data_root
-    from .executors import EXECUTORS, RunOptions, resolve_device
-    EXECUTORS.lookup(args.executor)
+    from .executors import RunOptions, resolve_device
     flags = {"local": {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu},
              "ray": {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
                      "--cpus-per-run": args.cpus_per_run}}

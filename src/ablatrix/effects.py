@@ -128,22 +128,15 @@ def against_base(res: Results, settings: ReportSettings, design: Design | None =
     configuration) on the same dataset and seed, decided per dataset with Holm: config (a tuple
     of the varied factors' values), dataset, mean, adjusted interval, verdict."""
     shown = varied(res) or res.factors
-    done = res.done.assign(accuracy=100 * res.done["test_accuracy"],
-                           config=[tuple(r) for r in res.done[shown].itertuples(index=False)])
-    configs = list(dict.fromkeys(done["config"]))
-    base = done[done["config"] == configs[0]].set_index(["dataset", "seed"])["accuracy"]
-    step = steps(res)
-    frames = []
-    for config in configs[1:]:
-        other = done[done["config"] == config].set_index(["dataset", "seed"])["accuracy"]
-        joined = pd.concat({"base": base, "other": other}, axis=1, join="inner").dropna()
-        frames.append((joined["other"] - joined["base"]).rename("delta").reset_index().assign(
-            config=[config] * len(joined)))
+    codes, configs = pd.factorize(pd.Series([tuple(r) for r in res.done[shown].itertuples(index=False)]))
+    done = res.done.assign(accuracy=100 * res.done["test_accuracy"], config=codes)  # code 0: the base
     columns = ["config", "dataset", "mean", "ci_low_adjusted", "ci_high_adjusted", "verdict"]
-    if not frames:
+    pairs = paired_deltas(done, "config", ["config"], "accuracy")
+    if pairs.empty:
         return pd.DataFrame(columns=columns)
-    pairs = pd.concat(frames, ignore_index=True)
-    pairs["step"] = pairs["dataset"].map(step)
+    pairs = pairs.drop(columns=["baseline", "comparison"]).rename(columns={"level": "config"})
+    pairs["config"] = [configs[c] for c in pairs["config"]]
+    pairs["step"] = pairs["dataset"].map(steps(res))
     summary = summarize_deltas(pairs, ["config", "dataset"], settings.confidence, design.order if design else ())
     return decide(summary, ["dataset"], MAIN_METHOD, settings.confidence, settings.margin, design)[columns]
 

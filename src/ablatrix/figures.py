@@ -266,7 +266,8 @@ def forest(deltas: pd.DataFrame, interactions: pd.DataFrame, dataset: str, margi
     rows += [(f"{short(r.factor_a)} {r.comparison_a} × {short(r.factor_b)} {r.base_b}→{r.level_b}", r.mean,
               r.ci_low_adjusted, r.ci_high_adjusted, r.verdict)
              for r in interactions[interactions["dataset"] == dataset].itertuples()]
-    colour = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "detected": "tab:purple"}
+    colour = {"better": "tab:green", "worse": "tab:red", "equivalent": "tab:blue", "detected": "tab:purple",
+              "undecided": "0.45"}
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.38 * len(rows)))
     ax.axvspan(-margin, margin, color="0.88", lw=0)
     ax.axvline(0, color="0.3", lw=0.8)
@@ -278,8 +279,6 @@ def forest(deltas: pd.DataFrame, interactions: pd.DataFrame, dataset: str, margi
     for verdict, c in colour.items():  # one legend entry per verdict that occurs
         if any(r[4] == verdict for r in rows):
             ax.plot([], [], "o-", color=c, label=verdict)
-    if any(r[4] == "undecided" for r in rows):
-        ax.plot([], [], "o-", color="0.45", label="undecided")
     ax.set_yticks(range(len(rows)), [_wrap(r[0]) for r in rows])
     ax.invert_yaxis()
     ax.set(xlabel=f"Δ test accuracy, pp (mean over seeds, {confidence:.0%} CI adjusted; shaded: the "

@@ -29,11 +29,20 @@ def escape(text: object) -> str:
     return re.sub("|".join(map(re.escape, SPECIAL)), lambda m: SPECIAL[m.group(0)], str(text))
 
 
+def _digits(x: float, signed: bool) -> str:
+    return f"{round(float(x), 2) + 0.0:+.2f}" if signed else f"{round(float(x), 2) + 0.0:.2f}"
+
+
 def number(x: float, signed: bool = False) -> str:
     """A number in math mode, 2 decimals, with a true minus sign; '--' for a missing one."""
     if x is None or (isinstance(x, float) and math.isnan(x)):
         return "--"
-    return "$" + (f"{round(float(x), 2) + 0.0:+.2f}" if signed else f"{round(float(x), 2) + 0.0:.2f}") + "$"
+    return f"${_digits(x, signed)}$"
+
+
+def interval(low: float, high: float) -> str:
+    """[low, high] in math mode, signed; '--' without an interval."""
+    return "--" if math.isnan(low) else f"$[{_digits(low, True)}, {_digits(high, True)}]$"
 
 
 def _table(columns: str, header: Sequence[str], rows: list[list[str]], caption: str, label: str,
@@ -85,16 +94,12 @@ def effects_table(deltas: pd.DataFrame, interactions: pd.DataFrame, name: str, c
                   margin: float) -> str:
     """One row per main effect (and detected or undecided interaction): the change, dataset, mean
     paired difference (pp), adjusted interval, seeds and verdict."""
-    rows = [[escape(f"{r.factor.split('.')[-1]}: {r.comparison}"), escape(r.dataset), number(r.mean, True),
-             rf"$[{number(r.ci_low_adjusted, True)[1:-1]}, {number(r.ci_high_adjusted, True)[1:-1]}]$"
-             if not math.isnan(r.ci_low_adjusted) else "--", str(r.n), escape(r.verdict)]
-            for r in deltas.itertuples()]
-    rows += [[escape(f"{r.factor_a.split('.')[-1]}: {r.comparison_a}") + r" $\times$ "
-              + escape(f"{r.factor_b.split('.')[-1]}: {r.base_b} → {r.level_b}"),
-              escape(r.dataset), number(r.mean, True),
-              rf"$[{number(r.ci_low_adjusted, True)[1:-1]}, {number(r.ci_high_adjusted, True)[1:-1]}]$"
-              if not math.isnan(r.ci_low_adjusted) else "--", str(r.n), escape(r.verdict)]
-             for r in interactions.itertuples()]
+    changes = [escape(f"{r.factor.split('.')[-1]}: {r.comparison}") for r in deltas.itertuples()]
+    changes += [escape(f"{r.factor_a.split('.')[-1]}: {r.comparison_a}") + r" $\times$ "
+                + escape(f"{r.factor_b.split('.')[-1]}: {r.base_b} → {r.level_b}") for r in interactions.itertuples()]
+    effects = [*deltas.itertuples(), *interactions.itertuples()]
+    rows = [[change, escape(r.dataset), number(r.mean, True), interval(r.ci_low_adjusted, r.ci_high_adjusted),
+             str(r.n), escape(r.verdict)] for change, r in zip(changes, effects)]
     note = (rf"Paired differences in test accuracy (percentage points), matched on seed and every other "
             rf"factor, averaged within each seed. Intervals: {confidence:.0%}, Holm-adjusted per dataset. "
             rf"Verdicts: equivalent when the interval lies inside $\pm{margin:g}$ pp, else better/worse when it "

@@ -240,14 +240,14 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     res = collect(grids, results)
     out = report_dir(grids, results)
     paths = " ".join(g.path.as_posix() for g in grids)
+    root = data_root(data_dir)
     if res.done.empty:
-        missing = unavailable_data(grids, data_root(data_dir))
+        missing = unavailable_data(grids, root)
         raise AblatrixError(f"no finished run of {paths} in {results} yet: run `ablatrix run {paths}"
                             + (f" --results {results}" if Path(results) != Path("results") else "") + "` first"
                             + (f" (data not here yet: {', '.join(missing)}; `ablatrix list --data-dir DIR` "
                                "says where each goes)" if missing else ""))
     formats = [*formats, *(f for f in formats_written(out) if f not in formats)]
-    root = data_root(data_dir)
     # A committed report must not carry this machine's folders: name the data folder by its rule.
     missing = {name: message.replace(str(root), "<data>")
                for name, message in unavailable_data(grids, root, set(res.done["dataset"])).items()}
@@ -256,31 +256,28 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     state = seeding_state(grids, results)
     design = design_of(grids, state)
     cap = design.max_seeds if design else SEEDS_CAP
-    tables: dict[str, pd.DataFrame] = {}
-    if not res.done.empty:
-        tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
-                  "cost": cost_table(res), **effect_tables(res, settings, design),
-                  "per_class_deltas": class_effect_table(res, settings, design)}
+    tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
+              "cost": cost_table(res), **effect_tables(res, settings, design),
+              "per_class_deltas": class_effect_table(res, settings, design)}
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
     lines += [f"Grid file(s) `{paths}`: {len(res.runs)} cells ({counts.get('done', 0)} done, "
               f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending). "
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
-    if tables:
-        lines += ["## Findings", "",
-                  "Decided effects first (largest first), then interactions, then what is still open. "
-                  "Each effect changes one factor from its first value, everything else equal; the "
-                  "numbers are test accuracy differences in percentage points (pp). "
-                  + ("Verdicts come from the sequential analysis of seeds on demand (looks at every seed count "
-                     f"from {design.counts[0]} to {design.max_seeds}): each holds at its error rate however many "
-                     "looks stopped it." if design else
-                     "Verdicts come from the fixed-sample analysis of the grid's seeds."), ""]
-        for dataset in datasets:
-            if dataset in set(res.done["dataset"]) and len(tables["deltas"]):
-                lines += findings(tables, dataset, settings.margin, cap)
-        if not len(tables["deltas"]):
-            lines += ["Nothing varies yet, or no complete pairs.", ""]
+    lines += ["## Findings", "",
+              "Decided effects first (largest first), then interactions, then what is still open. "
+              "Each effect changes one factor from its first value, everything else equal; the "
+              "numbers are test accuracy differences in percentage points (pp). "
+              + ("Verdicts come from the sequential analysis of seeds on demand (looks at every seed count "
+                 f"from {design.counts[0]} to {design.max_seeds}): each holds at its error rate however many "
+                 "looks stopped it." if design else
+                 "Verdicts come from the fixed-sample analysis of the grid's seeds."), ""]
+    for dataset in datasets:
+        if dataset in set(res.done["dataset"]) and len(tables["deltas"]):
+            lines += findings(tables, dataset, settings.margin, cap)
+    if not len(tables["deltas"]):
+        lines += ["Nothing varies yet, or no complete pairs.", ""]
     if "stopped" in state:
         lines += [f"Seeds on demand: the last `ablatrix run --until-decided` ({state['at']}) stopped: "
                   f"{state['stopped']}. Runs stored: {state['runs_stored']:,} of {state['runs_possible']:,} "

@@ -59,12 +59,12 @@ def t_interval(values: Sequence[float], confidence: float = CONFIDENCE, sd_floor
     return mean, *(float(np.clip(b, *bounds)) if not math.isnan(b) else b for b in (low, high))
 
 
-def rounding_sd(step: float, count: float = 1) -> float:
+def rounding_sd(step: float | pd.Series, count: float | pd.Series = 1) -> float | pd.Series:
     """The sd that values recorded on a grid of `step` carry from the grid alone: a uniform error
     over one step has variance step^2 / 12 (Sheppard's correction), and a mean of `count` such
     values step^2 / (12 count). Accuracy on a test set of N images moves in steps of 100/N pp, so
     two seeds that tie show a spread below about a step, never a spread of zero."""
-    return step / math.sqrt(12 * count)
+    return step / np.sqrt(12 * count)
 
 
 def summarize(values: pd.Series, confidence: float = CONFIDENCE, step: float = 0.0,
@@ -113,15 +113,16 @@ def paired_deltas(runs: pd.DataFrame, factor: str, factors: Sequence[str], value
     return pd.concat(frames, ignore_index=True)[columns]
 
 
-def t_test_p(values: Sequence[float]) -> float:
-    """Two-sided p-value of the one-sample t-test of mean 0 (paired differences); NaN for n < 2.
+def t_test_p(values: Sequence[float], sd_floor: float = 0.0) -> float:
+    """Two-sided p-value of the one-sample t-test of mean 0 (paired differences), the sd taken as at
+    least `sd_floor`; NaN for n < 2.
 
     With zero spread the difference is the same in every pair: p is 0 unless it is 0 everywhere.
     """
     x = np.asarray(values, dtype=float)
     if len(x) < 2:
         return math.nan
-    sd = x.std(ddof=1)
+    sd = max(x.std(ddof=1), sd_floor)
     if sd == 0:
         return 1.0 if x[0] == 0 else 0.0
     t = x.mean() / (sd / math.sqrt(len(x)))
@@ -308,8 +309,14 @@ def spread_floor(deltas: pd.DataFrame, by: Sequence[str]) -> pd.DataFrame:
         ms_e = out["ss"].where(df > 0) / df.where(df > 0)
         pooled_sd = np.sqrt((k * out["s2"] + (k - 1) * ms_e) / k ** 2)
     step = groups["step"].mean() if "step" in deltas else pd.Series(0.0, index=out.index)
-    out["sd_floor"] = np.fmax(pooled_sd.fillna(0.0), (step / np.sqrt(12 * k)).fillna(0.0))
+    out["sd_floor"] = np.fmax(pooled_sd.fillna(0.0), rounding_sd(step, k).fillna(0.0))
     return out["sd_floor"].reset_index()
+
+
+def seed_rank(seeds: Sequence[int], order: Sequence[int]) -> list[int]:
+    """Each seed's place in the order seeds were added: `order` first, then the others by number."""
+    rank = {s: i for i, s in enumerate(order)}
+    return [rank.get(s, len(rank) + s) for s in seeds]
 
 
 def look_floors(deltas: pd.DataFrame, by: Sequence[str], order: Sequence[int] = ()) -> pd.DataFrame:
@@ -317,8 +324,7 @@ def look_floors(deltas: pd.DataFrame, by: Sequence[str], order: Sequence[int] = 
     c = 1, 2, ... (seeds ranked as `seed_summary` ranks them: `order`, then the others by number).
     A sequential analysis floors each look with what that look's own seeds show: the floor of
     every seed would carry later seeds' spread back to the looks before them."""
-    rank_of = {s: i for i, s in enumerate(order)}
-    rank = deltas["seed"].map(lambda s: rank_of.get(s, len(rank_of) + s))
+    rank = pd.Series(seed_rank(deltas["seed"], order), index=deltas.index)
     dense = rank.groupby([deltas[c] for c in by], sort=False, observed=True).rank(method="dense").astype(int)
     parts = [deltas[dense <= c].assign(_look=c) for c in range(1, int(dense.max()) + 1)]
     floors = spread_floor(pd.concat(parts, ignore_index=True), [*by, "_look"])
@@ -332,8 +338,7 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     number of seeds `n`, and `values` and `seeds`, the seed means and their seeds in the order the
     seeds were added (`order`, then the others by number) that a sequential analysis replays look
     by look."""
-    rank = {s: i for i, s in enumerate(order)}
-    frame = seed_means.assign(_rank=[rank.get(s, len(rank) + s) for s in seed_means["seed"]])
+    frame = seed_means.assign(_rank=seed_rank(seed_means["seed"], order))
     frame = frame.sort_values("_rank", kind="stable")
     grouped = frame.groupby(list(by), sort=False, observed=True)
     out = grouped["delta"].agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
@@ -343,19 +348,17 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     out["sd_floor"] = 0.0 if merged is None else merged["sd_floor"].fillna(0.0).to_numpy()
     if merged is not None and "look_floors" in merged:
         out["look_floors"] = merged["look_floors"].to_numpy()
-    sd = used_sd(out)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        t = np.abs(out["mean"]) / (sd / np.sqrt(out["n"]))
-    p = 2 * scipy_stats.t.sf(t, out["n"] - 1)
-    out["p"] = np.where(out["n"] < 2, math.nan, np.where(sd == 0, np.where(out["mean"] == 0, 1.0, 0.0), p))
-    out["ci_low"], out["ci_high"] = interval(out["mean"], sd, out["n"], confidence)
+    out["p"] = [t_test_p(v, f) for v, f in zip(out["values"], out["sd_floor"])]
+    out["ci_low"], out["ci_high"] = interval(out["mean"], used_sd(out), out["n"], confidence)
     out["outlier_seeds"] = [outliers(v, s, f) for v, s, f in zip(out["values"], out["seeds"], out["sd_floor"])]
     return out
 
 
 def used_sd(summary: pd.DataFrame) -> np.ndarray:
-    """The sd every interval and test of `summary`'s rows uses: the observed one, at least its floor."""
-    return np.fmax(summary["sd"].to_numpy(dtype=float), summary["sd_floor"].to_numpy(dtype=float))
+    """The sd every interval and test of `summary`'s rows uses: the observed one, at least its floor
+    (a summary without `sd_floor` has none)."""
+    floor = summary["sd_floor"].to_numpy(dtype=float) if "sd_floor" in summary else 0.0
+    return np.fmax(summary["sd"].to_numpy(dtype=float), floor)
 
 
 OUTLIER_LEVEL = 0.05  # family-wise over a row's seeds (Bonferroni)
@@ -608,8 +611,6 @@ def decide(summary: pd.DataFrame, family: Sequence[str], method: str = "holm",
     p = out["p"].to_numpy(dtype=float)
     out["p_adjusted"] = ADJUSTMENTS[method](p, codes)
     levels = adjusted_level(p, out["p_adjusted"].to_numpy(dtype=float), confidence)
-    if "sd_floor" not in out:
-        out["sd_floor"] = 0.0
     mean, n, sd = out["mean"].to_numpy(dtype=float), out["n"].to_numpy(dtype=float), used_sd(out)
     if design is None:
         out["ci_low_adjusted"], out["ci_high_adjusted"] = interval(mean, sd, n, levels)

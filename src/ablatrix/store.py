@@ -321,9 +321,12 @@ class ResultStore:
         path = self.lock_path(run_id)
         try:
             owner = json.loads(path.read_text(encoding="utf-8"))
-            epoch = self.epoch_path(run_id).read_text(encoding="utf-8") if self.epoch_path(run_id).exists() else ""
         except (FileNotFoundError, json.JSONDecodeError):
             return "", math.nan, ""
+        try:
+            epoch = self.epoch_path(run_id).read_text(encoding="utf-8")
+        except FileNotFoundError:
+            epoch = ""
         return f"{owner['host']}:{owner['pid']}", time.time() - owner.get("since", path.stat().st_mtime), epoch
 
     def release(self, run_id: str) -> None:
