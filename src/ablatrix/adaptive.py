@@ -23,7 +23,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
-from .executors import RunOptions, executor_for, run_grids
+from .executors import executor_for, run_grids
+from .runner import RunOptions
 from .errors import AblatrixError
 from .effects import effect_tables, report_settings
 from .frames import collect

@@ -15,7 +15,7 @@ from . import __version__
 from .errors import AblatrixError
 
 if TYPE_CHECKING:
-    from .executors import RunOptions
+    from .runner import RunOptions
     from .spec import Grid
 
 EXECUTOR_NAMES = ("local", "ray")  # executors.EXECUTORS' names, listed here so --help needs no torch
@@ -72,7 +72,7 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
     import torch
 
     from .data import data_root
-    from .executors import RunOptions, resolve_device
+    from .runner import RunOptions, resolve_device
     flags = {"local": {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu},
              "ray": {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
                      "--cpus-per-run": args.cpus_per_run}}
@@ -131,7 +131,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from .executors import grid_status
+    from .scheduling import grid_status
     from .progress import duration
     for grid in _grids(args):
         status = grid_status(grid, args.results)

@@ -159,3 +159,15 @@ def crop_flip(x: torch.Tensor, pad: int = 4) -> torch.Tensor:
     batch = torch.arange(n, device=x.device).view(n, 1, 1)
     cropped = padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
     return _where(_coin(x), cropped.flip(-1), cropped)
+
+
+def class_frequencies(y: torch.Tensor, num_classes: int) -> torch.Tensor:
+    return torch.bincount(y, minlength=num_classes).float().clamp_min(1)
+
+
+# Samplers: (train labels, num classes, generator) -> the epoch's order of training indices.
+SAMPLERS: Registry[Callable[[torch.Tensor, int, torch.Generator], torch.Tensor]] = Registry("sampler")
+SAMPLERS.register("uniform")(lambda y, c, g: torch.randperm(len(y), generator=g))
+# Draws len(y) indices with replacement, each class equally likely: rare classes repeat.
+SAMPLERS.register("balanced")(lambda y, c, g: torch.multinomial(
+    (1 / class_frequencies(y, c))[y].cpu(), len(y), replacement=True, generator=g))

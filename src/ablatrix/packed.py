@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 from dataclasses import asdict
 from typing import Any, Callable, Sequence
 
@@ -27,11 +26,11 @@ import torch
 from torch import nn
 
 from .config import RunConfig
-from .data import AUGMENTATIONS, DATASETS, Splits
+from .data import DATASETS, Splits
 from .errors import AblatrixError
+from .evaluation import EVAL_BATCH, Execution
+from .loop import Member, Members, copy_state
 from .models import _per_block, create_model
-from .train import (EVAL_BATCH, PLAIN, SAMPLERS, Checkpoint, Execution, TrainingDiverged, classification_metrics,
-                    copy_state, evaluate, loss_weight, tested, usable_samples)
 
 # What members of one pack may differ in: none of it changes a shape or the batch schedule.
 MEMBER_MODEL_PARAMS = ("dropout", "fc_dropout", "head_dropout", "init")
@@ -297,163 +296,58 @@ def _evaluate_members(model: PackedConvNet, x: torch.Tensor, y: torch.Tensor,
     return (loss / len(y)).tolist(), (correct / len(y)).tolist()
 
 
-def fit_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
-             on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
-             checkpoint: Checkpoint | None = None
-             ) -> tuple[list[tuple[nn.Module, list[dict[str, float]], int] | Exception], list[int]]:
-    """Train cells of one pack key together; per member, what `train.fit` returns, or its exception.
+class Packed(Members):
+    """B `convnet` cells of one pack key as one fused model, a member each: each starts from the
+    weights its plain run starts from, draws its own batches (the loop seeds an order per member)
+    and is frozen once it stops (its learning rate becomes 0; the loop saved its weights)."""
 
-    With a `checkpoint`, a pack that stopped part-way continues from its last saved epoch (the whole
-    pack's state, every member's in it), exactly as if it had not stopped; the second value lists the
-    epochs after which it was resumed.
-    """
-    keys = {pack_key(c) for c in configs}
-    if len(keys) != 1 or None in keys:
-        raise ValueError("fit_pack takes cells that share one pack key")
-    cfg, size = configs[0].train, len(configs)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-    members = []
-    for config in configs:  # each member starts where its plain run would
-        torch.manual_seed(config.seed)
-        members.append(create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
-                                    **config.model.params).to(device))
-    model = PackedConvNet(members, [c.model.params for c in configs]).to(device)
-    if execution.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-        members = [m.to(memory_format=torch.channels_last) for m in members]
-    torch.manual_seed(configs[0].seed)  # the pack's dropout masks and augmentation
-    orders = [torch.Generator().manual_seed(c.seed) for c in configs]
+    def __init__(self, members: Sequence[Member], data: Splits, device: torch.device, execution: Execution) -> None:
+        configs = [m.config for m in members]
+        keys = {pack_key(c) for c in configs}
+        if len(keys) != 1 or None in keys:
+            raise ValueError("a pack takes cells that share one pack key")
+        super().__init__(members, data, device, execution)
+        self.plain = []
+        for config in configs:  # each member starts where its plain run would
+            torch.manual_seed(config.seed)
+            self.plain.append(create_model(config.model.name, tuple(data.train_x.shape[1:]), data.num_classes,
+                                           **config.model.params).to(device))
+        self.model = PackedConvNet(self.plain, [c.model.params for c in configs]).to(device)
+        if execution.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.plain = [m.to(memory_format=torch.channels_last) for m in self.plain]
+        torch.manual_seed(configs[0].seed)  # the pack's dropout masks and augmentation
 
-    def per_member(field: str) -> torch.Tensor:
-        return torch.tensor([float(getattr(c.train, field)) for c in configs], device=device)
+        def per_member(field: str) -> torch.Tensor:
+            return torch.tensor([float(getattr(c.train, field)) for c in configs], device=device)
 
-    optimizer = PackedOptimizer(list(model.parameters()), cfg.optimizer, per_member("lr"),
-                                per_member("weight_decay"), per_member("momentum"))
-    step_model = torch.compile(model) if execution.compile else model
-    scaler = torch.amp.GradScaler(device.type, enabled=execution.amp == "fp16")
-    augment, sample = AUGMENTATIONS.lookup(cfg.augment), SAMPLERS.lookup(cfg.sampler)
-    weight = loss_weight(cfg, data, device)
-    n_used = usable_samples(len(data.train_x), cfg.batch_size)
-    shape = data.train_x.shape[1:]
+        self.optimizer = PackedOptimizer(list(self.model.parameters()), configs[0].train.optimizer, per_member("lr"),
+                                         per_member("weight_decay"), per_member("momentum"))
+        self.step_model = torch.compile(self.model) if execution.compile else self.model
 
-    def save(b: int) -> dict[str, torch.Tensor]:
-        model.copy_member_into(b, members[b])
-        return copy_state(members[b])
+    def forward(self, idx: torch.Tensor, active: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size, shape = len(self.members), self.data.train_x.shape[1:]
+        x = self.augment(self.data.train_x[idx].flatten(0, 1)).view(size, -1, *shape)
+        x = self.execution.layout(x.transpose(0, 1).reshape(idx.shape[1], size * shape[0], *shape[1:]))
+        y = self.data.train_y[idx]
+        with self.execution.autocast(self.device):
+            logits = self.step_model(x).float()
+            losses = _member_losses(logits, y, self.weight)
+        # A stopped or diverged member adds nothing (where, not a product: NaN * 0 is NaN).
+        objective = torch.where(active, losses, torch.zeros_like(losses)).sum()
+        return objective, losses.detach(), (logits.argmax(-1) == y).sum(1)
 
-    histories: list[list[dict[str, float]]] = [[] for _ in configs]
-    best = [(math.inf, 0)] * size
-    saved: list[dict[str, torch.Tensor] | None] = [None] * size  # best weights, or those at the stop
-    failures: list[str | None] = [None] * size  # why a member diverged
-    running = list(range(size))
-    resumed: list[int] = []
-    identity = pack_id(configs)
-    state = checkpoint.load(identity) if checkpoint else None
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        optimizer.active.copy_(state["active"])
-        scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng"])
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state["cuda_rng"], device)
-        for generator, order_state in zip(orders, state["orders"]):
-            generator.set_state(order_state)
-        histories, saved, failures, running = (state[k] for k in ("histories", "saved", "failures", "running"))
-        best = [tuple(b) for b in state["best"]]
-        resumed = [*state["resumed"], state["epoch"]]
-    last_save = time.monotonic()
-    for epoch in range(state["epoch"] + 1 if state else 1, cfg.epochs + 1):
-        started = time.perf_counter()
-        model.train()
-        order = torch.stack([sample(data.train_y, data.num_classes, g) for g in orders]).to(device)
-        loss_sum = torch.zeros(size, device=device)
-        correct = torch.zeros(size, device=device)
-        active = optimizer.active > 0
-        for start in range(0, n_used, cfg.batch_size):
-            idx = order[:, start:min(start + cfg.batch_size, n_used)]  # (B, nb): each member's own batch
-            x = augment(data.train_x[idx].flatten(0, 1)).view(size, -1, *shape)
-            x = execution.layout(x.transpose(0, 1).reshape(idx.shape[1], size * shape[0], *shape[1:]))
-            y = data.train_y[idx]
-            with execution.autocast(device):
-                logits = step_model(x).float()
-                losses = _member_losses(logits, y, weight)
-            optimizer.zero_grad(set_to_none=True)
-            # A stopped or diverged member adds nothing (where, not a product: NaN * 0 is NaN).
-            scaler.scale(torch.where(active, losses, torch.zeros_like(losses)).sum()).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            loss_sum += losses.detach() * idx.shape[1]
-            correct += (logits.argmax(-1) == y).sum(1)
-        train_loss, train_acc = (loss_sum / n_used).tolist(), (correct / n_used).tolist()
-        val_loss, val_acc = _evaluate_members(step_model, data.val_x, data.val_y, execution)
-        seconds = time.perf_counter() - started
-        ended = list(running)  # the members whose epoch this was
-        for b in ended:
-            stop = False
-            if not math.isfinite(train_loss[b]):
-                failures[b] = f"training loss became {train_loss[b]} in epoch {epoch}"
-                stop = True
-            else:
-                row = {"epoch": epoch, "train_loss": train_loss[b], "train_accuracy": train_acc[b],
-                       "val_loss": val_loss[b], "val_accuracy": val_acc[b], "seconds": seconds}
-                histories[b].append(row)
-                member = configs[b].train
-                if val_loss[b] < best[b][0]:
-                    best[b] = (val_loss[b], epoch)
-                    saved[b] = save(b) if member.restore_best else None
-                elif member.patience and epoch - best[b][1] >= member.patience:
-                    stop = True
-                    saved[b] = saved[b] if member.restore_best else save(b)
-            if stop:  # frozen from here on: no learning rate, weights already saved
-                running.remove(b)
-                optimizer.active[b] = 0
-        if checkpoint and running and epoch < cfg.epochs and time.monotonic() - last_save >= checkpoint.every_seconds:
-            checkpoint.save({"training_id": identity, "epoch": epoch, "model": model.state_dict(),
-                             "optimizer": optimizer.state_dict(), "active": optimizer.active,
-                             "scaler": scaler.state_dict(), "rng": torch.get_rng_state(),
-                             **({"cuda_rng": torch.cuda.get_rng_state(device)} if device.type == "cuda" else {}),
-                             "orders": [g.get_state() for g in orders], "histories": histories,
-                             "best": best, "saved": saved, "failures": failures, "running": running,
-                             "resumed": resumed})
-            last_save = time.monotonic()
-        for b in ended:
-            if failures[b] is None:
-                on_epoch(b, histories[b][-1])
-        if not running:
-            break
-    fitted: list[tuple[nn.Module, list[dict[str, float]], int] | Exception] = []
-    for b in range(size):
-        if failures[b] is not None:
-            fitted.append(TrainingDiverged(failures[b]))
-            continue
-        if saved[b] is None:  # trained to the last epoch without restoring: its final weights
-            model.copy_member_into(b, members[b])
-        else:
-            members[b].load_state_dict(saved[b])
-        fitted.append((members[b], histories[b], best[b][1]))
-    return fitted, resumed
+    def validate(self) -> list[dict[str, tuple[float, float]]]:
+        losses, accuracies = _evaluate_members(self.step_model, self.data.val_x, self.data.val_y, self.execution)
+        return [{"eval": pair} for pair in zip(losses, accuracies)]
 
+    def snapshot(self, b: int) -> dict[str, torch.Tensor]:
+        self.model.copy_member_into(b, self.plain[b])
+        return copy_state(self.plain[b])
 
-def train_pack(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution = PLAIN,
-               on_epoch: Callable[[int, dict[str, float]], None] = lambda b, row: None,
-               checkpoint: Checkpoint | None = None
-               ) -> list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception]:
-    """Train a pack (resumed from `checkpoint` where it holds one); per member, what
-    `train.train_cells` gives for it alone (its result, tested as a plain run is, and the weights
-    tested), or its exception."""
-    results: list[tuple[dict[str, Any], dict[str, dict[str, torch.Tensor]]] | Exception] = []
-    members, resumed = fit_pack(configs, data, device, execution, on_epoch, checkpoint)
-    for config, fitted in zip(configs, members):
-        if isinstance(fitted, Exception):
-            results.append(fitted)
-            continue
-        model, history, best_epoch = fitted
-        test_loss, test_acc, pred = evaluate(model, data.test_x, data.test_y, execution)
-        measured = tested(config.train, best_epoch, len(history), config.train.restore_best and best_epoch > 0)
-        results.append(({"params": sum(p.numel() for p in model.parameters()), "history": history,
-                         "best_epoch": best_epoch, "epochs_trained": len(history), "tested": measured,
-                         **({"resumed_after_epochs": resumed} if resumed else {}),
-                         "test": classification_metrics(test_loss, test_acc, pred, data.test_y, data.num_classes)},
-                        {measured["weights"]: copy_state(model)}))
-    return results
+    def freeze(self, b: int) -> None:
+        self.optimizer.active[b] = 0
+
+    def load(self, b: int, state: dict[str, torch.Tensor]) -> tuple[nn.Module, nn.Module]:
+        self.plain[b].load_state_dict(state)
+        return self.plain[b], self.plain[b]

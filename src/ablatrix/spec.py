@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from .config import ModelConfig, RunConfig, TrainConfig, allowed
-from .data import AUGMENTATIONS, DATASETS
+from .data import AUGMENTATIONS, DATASETS, SAMPLERS
 from .datasets import SOURCES, parse_source, register_named
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
 from .stats import CONFIDENCE, MARGIN
-from .train import SAMPLERS, check_training
+from .optim import check_training
 
 
 def axis_value(value: Any) -> Any:

@@ -11,28 +11,24 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import functools
 import io
 import json
 import math
 import os
-import platform
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm import tqdm
 
-from .config import SCHEMA, run_id_of
+from .config import SCHEMA
 from .data import DATASETS
 from .errors import AblatrixError
 from .models import create_model
+from .record import migrated, record_problem
 
 
 def _umask() -> int:
@@ -85,25 +81,6 @@ def atomic_torch_save(path: Path, obj: Any, durable: bool = True) -> None:
 
 GRID_FILE = "grid-file"  # which grid file's runs a results folder holds (`ResultStore.bind`)
 STALE_SECONDS = 600  # a claim from another host with no heartbeat for this long is abandoned
-REQUIRED = {"done": ("run_id", "config", "history", "best_epoch", "epochs_trained", "test", "wall_seconds"),
-            "failed": ("run_id", "config", "error")}
-
-
-def record_problem(record: Any, run_id: str) -> str | None:
-    """Why `record`, stored as `<run_id>.json`, cannot be used; None if it can."""
-    if not isinstance(record, dict):
-        return "not a JSON object"
-    status = record.get("status")
-    if status not in REQUIRED:
-        return f"status {status!r} is neither done nor failed"
-    missing = [key for key in REQUIRED[status] if key not in record]
-    if missing:
-        return f"lacks {', '.join(missing)}"
-    if record["run_id"] != run_id:
-        return f"says run_id {record['run_id']!r}"
-    return None
-
-
 class ResultStore:
     """Run records of one grid, keyed by run id.
 
@@ -232,19 +209,17 @@ class ResultStore:
 
     def _migrate(self, path: Path, record: dict[str, Any]) -> dict[str, Any]:
         """Re-key a record of an older schema under its current run id (same run, new name)."""
-        try:
-            run_id = run_id_of(record["config"])
-        except (AblatrixError, KeyError, TypeError):  # a plugin model not imported here
+        current = migrated(record)
+        if current is None:
             return record
-        migrated = {**record, "run_id": run_id, "schema": SCHEMA}
-        if run_id == path.stem:  # the id did not change: only the schema is new
-            self.put(migrated)
-            return migrated
-        migrated["migrated_from"] = path.stem
-        if self._read(self.path(run_id)) is None:  # else another process migrated it meanwhile
-            self.put(migrated)
+        if current["run_id"] == path.stem:  # the id did not change: only the schema is new
+            self.put(current)
+            return current
+        current["migrated_from"] = path.stem
+        if self._read(self.path(current["run_id"])) is None:  # else another process migrated it meanwhile
+            self.put(current)
         path.unlink(missing_ok=True)
-        return migrated
+        return current
 
     # Claims: a cell being trained has <run id>.lock, created atomically (O_EXCL), holding the
     # owner's host and pid. A claim whose owner died (same host, pid gone; or no heartbeat for
@@ -365,50 +340,3 @@ def load_model(results: str | Path, grid: str, run_id: str) -> torch.nn.Module:
     return model.eval()
 
 
-@functools.cache
-def _code_revision() -> str:
-    return code_revision(Path(__file__).resolve().parent)
-
-
-def code_revision(package: Path) -> str:
-    """The git commit the package at `package` runs from, with -dirty if its own files differ from
-    it (results, grids and notes elsewhere in the repository do not count: a run's record has
-    its config), else the installed version."""
-    def git(*args: str) -> subprocess.CompletedProcess | None:
-        try:
-            return subprocess.run(["git", "-C", str(package), *args], capture_output=True, text=True, timeout=10)
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-    head = git("rev-parse", "--short=12", "HEAD")
-    if head is not None and head.returncode == 0:
-        changes = git("status", "--porcelain", "--untracked-files=no", "--", ".")
-        dirty = changes is None or changes.returncode != 0 or bool(changes.stdout.strip())
-        return f"git:{head.stdout.strip()}" + ("-dirty" if dirty else "")
-    try:
-        return f"ablatrix=={metadata.version('ablatrix')}"
-    except metadata.PackageNotFoundError:  # run from a source tree that is neither installed nor git
-        return "unknown"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def environment(device: torch.device) -> dict[str, Any]:
-    """Versions, device and code revision, stored in every record."""
-    versions = {"python": platform.python_version()}
-    for package in ("ablatrix", "torch", "numpy", "scikit-learn"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
-    return {"versions": versions, "device": str(device), "device_name": name,
-            "torch_threads": torch.get_num_threads(), "platform": sys.platform,
-            "code_revision": _code_revision()}
