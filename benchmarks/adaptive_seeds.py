@@ -21,7 +21,8 @@ import torch
 
 from ablatrix.adaptive import run_until_decided
 from ablatrix.data import data_root
-from ablatrix.executors import RunOptions, executor_for, run_grids
+from ablatrix.executors import executor_for, run_grids
+from ablatrix.runner import RunOptions
 from ablatrix.effects import effect_tables, report_settings
 from ablatrix.frames import collect
 from ablatrix.sequential import design_of, seeding_state

@@ -22,7 +22,8 @@ import torch
 
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.models import resolve_params
-from ablatrix.train import Checkpoint, fit_measured
+from ablatrix.loop import Checkpoint
+from ablatrix.train import train_unit
 
 from train_loop import MODELS, load_images, splits
 
@@ -50,7 +51,7 @@ def main() -> None:
                     if checkpoint is not None:
                         checkpoint.path.unlink(missing_ok=True)  # a fresh training, not a resumed one
                     start = time.perf_counter()
-                    fit_measured(config, data, torch.device("cpu"), checkpoint=checkpoint)
+                    train_unit([config], data, torch.device("cpu"), checkpoint=checkpoint)
                     best[way] = min(best[way], time.perf_counter() - start)
             size = (Path(tmp) / "every.pt").stat().st_size
             state = torch.load(Path(tmp) / "every.pt", weights_only=True)

@@ -18,7 +18,8 @@ import torch
 
 from ablatrix.data import data_root
 from ablatrix.cores import available_cores
-from ablatrix.executors import RunOptions, run_grids
+from ablatrix.executors import run_grids
+from ablatrix.runner import RunOptions
 from ablatrix.spec import load_grid
 
 GRID = Path(__file__).resolve().parent.parent / "ablations" / "quickstart.toml"

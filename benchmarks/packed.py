@@ -5,10 +5,10 @@
 
 The small-cnn study's model (conv 6/12/24 with BatchNorm, conv dropout 0.75, FC 128/48), on
 generated data of Fashion-MNIST's shape (1x28x28, 10 classes; speed does not depend on what the
-pixels show), Adam, batch 64: `--cells` seeds trained one after another (`train_run`, as the local
+pixels show), Adam, batch 64: `--cells` seeds trained one after another (`train_unit([cell])`, as the local
 executor does), in `--processes` spawned processes at once (`--workers` on CPU, `--runs-per-gpu`
 on CUDA: each process its own copy of the data), and as packs of each size in `--packs`
-(`train_pack`: one process, one copy of the data). Prints cells per hour for each and the time of
+(`train_unit(pack)`: one process, one copy of the data). Prints cells per hour for each and the time of
 one fused training step against one plain step; last line a JSON object with
 `packed_over_sequential` and `packed_over_processes` at the best pack size.
 """
@@ -26,8 +26,9 @@ from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits
 from ablatrix.cores import available_cores
 from ablatrix.models import create_model, resolve_params
-from ablatrix.packed import PackedConvNet, PackedOptimizer, _member_losses, train_pack
-from ablatrix.train import Execution, train_run
+from ablatrix.evaluation import Execution
+from ablatrix.packed import PackedConvNet, PackedOptimizer, _member_losses
+from ablatrix.train import train_unit
 
 MODEL = {"conv": [6, 12, 24], "padding": [1, 0, 0], "pool": ["max", "max", "none"], "dropout": 0.75,
          "fc": [128, 48]}
@@ -55,7 +56,7 @@ def sync(device: torch.device) -> None:
 def sequential(cfgs: list[RunConfig], data: Splits, device: torch.device, execution: Execution) -> float:
     start = time.perf_counter()
     for cfg in cfgs:
-        train_run(cfg, data, device, execution)
+        train_unit([cfg], data, device, execution)
     sync(device)
     return time.perf_counter() - start
 
@@ -67,7 +68,7 @@ def _process(args: tuple) -> None:
     data = splits(samples, device)  # each process its own copy, as with --workers / --runs-per-gpu
     execution = Execution.default_for(device)
     for cfg in cfgs:
-        train_run(cfg, data, device, execution)
+        train_unit([cfg], data, device, execution)
     sync(device)
 
 
@@ -83,7 +84,7 @@ def processes(cfgs: list[RunConfig], samples: int, device: torch.device, count: 
 def packed(cfgs: list[RunConfig], data: Splits, device: torch.device, execution: Execution, size: int) -> float:
     start = time.perf_counter()
     for i in range(0, len(cfgs), size):
-        results = train_pack(cfgs[i:i + size], data, device, execution)
+        results = train_unit(cfgs[i:i + size], data, device, execution)
         assert not any(isinstance(r, Exception) for r in results), results
     sync(device)
     return time.perf_counter() - start

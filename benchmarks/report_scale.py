@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ablatrix.executors import RunOptions, cell_record, run_training
+from ablatrix.record import cell_record
+from ablatrix.runner import RunOptions, run_unit
 from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
@@ -87,8 +88,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "one.toml"
         path.write_text(textwrap.dedent(GRID.format(seeds=[0])))
-        (template,) = run_training(load_grid(path).cells[:1], RunOptions(torch.device("cpu"), Path(tmp)))
-        template.pop("weights")  # the store keeps them apart from the record
+        ((template, _),) = run_unit(load_grid(path).cells[:1], RunOptions(torch.device("cpu"), Path(tmp)))
         seconds = {}
         for runs in args.runs:
             folder = Path(tmp) / str(runs)

@@ -23,7 +23,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from ablatrix.models import create_model
-from ablatrix.store import environment
+from ablatrix.record import environment
 from train_loop import MODELS, load_images, splits, sync
 
 BATCH = 64

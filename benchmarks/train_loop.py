@@ -28,8 +28,9 @@ from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import DATASETS, Splits
 from ablatrix.errors import AblatrixError
 from ablatrix.models import create_model, resolve_params
-from ablatrix.store import environment
-from ablatrix.train import Execution, fit
+from ablatrix.record import environment
+from ablatrix.evaluation import Execution
+from ablatrix.train import fit
 
 MODELS = {  # the small-cnn study's model and the 1.1M-parameter MNIST/Fashion CNN
     "small-cnn": (dict(conv=[6, 12, 24], padding=[1, 0, 0], pool=["max", "max", "none"], dropout=0.75,
@@ -84,7 +85,7 @@ def sync(device: torch.device) -> None:
 def trainer_epoch(cfg: RunConfig, data: Splits, device: torch.device, execution: Execution) -> float:
     sync(device)
     start = time.perf_counter()
-    fit(cfg, data, device, execution)  # one epoch, including its validation pass
+    fit([cfg], data, device, execution)  # one epoch, including its validation pass
     sync(device)
     return time.perf_counter() - start
 

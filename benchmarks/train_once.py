@@ -5,7 +5,7 @@ per distinct model.
 
 The grid's cells (4 models x 3 evaluation modes, one excluded: 11 per seed) are trained twice in
 temporary results folders, one after another in this process: (a) as before train-once, each
-cell a training of its own (`run_training([cell])`), (b) as `ablatrix run` does now (`run_grids`:
+cell a training of its own (`run_unit([cell])`), (b) as `ablatrix run` does now (`run_grids`:
 cells that differ only in the evaluation mode share a training). It reports trainings,
 cell-seconds (the sum of the cells' wall time) and that both give the same test numbers. Epochs
 are cut (`--epochs`) to keep it near ten minutes on 2 cores; the ratio is what counts. The last
@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 from ablatrix.data import data_root
-from ablatrix.executors import RunOptions, run_grids, run_training
+from ablatrix.executors import run_grids
+from ablatrix.runner import RunOptions, run_unit
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
@@ -41,7 +42,7 @@ def main() -> None:
     options = RunOptions(torch.device("cpu"), data_root(args.data_dir))
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        separate = [record for cell in grid.cells for record in run_training([cell], options)]
+        separate = [record for cell in grid.cells for record, _ in run_unit([cell], options)]
         seconds_before = time.perf_counter() - start
         start = time.perf_counter()
         summary = run_grids([grid], Path(tmp), options)

@@ -33,7 +33,8 @@ import time
 import numpy as np
 import pandas as pd
 
-from ablatrix.stats import Design, decide, look_floors, per_seed, seed_summary, spread_floor
+from ablatrix.boundaries import Design
+from ablatrix.stats import decide, look_floors, per_seed, seed_summary, spread_floor
 
 ACCURACY_EFFECTS = {"null-a": 0.0, "null-b": 0.0, "null-c": 0.0, "inside-margin": 0.1, "0.5 pp": 0.5, "1 pp": 1.0,
                     "2 pp": 2.0, "2 x margin": 1.0}

@@ -2,22 +2,23 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from ablatrix import executors
 from ablatrix.adaptive import plan, run_until_decided
 from ablatrix.cli import main
-from ablatrix.executors import RunOptions, run_grids
+from ablatrix.executors import run_grids
+from ablatrix.runner import RunOptions
 from ablatrix.errors import AblatrixError
 from ablatrix.report import write_report
 from ablatrix.sequential import new_design
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
-from ablatrix.train import classification_metrics
+from ablatrix.evaluation import classification_metrics
 
 from conftest import TINY_GRID
 
@@ -48,8 +49,8 @@ def accuracy_of(config, effect_05: float, noise: float) -> float:
 
 
 @pytest.fixture
-def stub_trainer(monkeypatch):
-    """Replace training with known accuracies (a test double); `calls` lists the run ids trained."""
+def stub_trainer():
+    """Options whose trainer gives known accuracies (a test double); `calls` lists the run ids trained."""
     calls, settings = [], {"effect_05": 0.0, "noise": 1.0, "interrupt_at": None}
 
     def train(configs, data, device, execution, on_epoch, checkpoint):
@@ -60,21 +61,20 @@ def stub_trainer(monkeypatch):
         correct = round(TEST_SIZE * accuracy_of(config, settings["effect_05"], settings["noise"]) / 100)
         y = torch.arange(TEST_SIZE) % 10
         pred = torch.where(torch.arange(TEST_SIZE) < correct, y, (y + 1) % 10)
-        return [{"params": 1, "history": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
+        return [({"params": 1, "history": [{"epoch": 1, "train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 1.0,
                                            "val_accuracy": 0.5, "seconds": 0.0}],
                  "best_epoch": 1, "epochs_trained": 1, "tested": {"weights": "final", "epoch": 1, "eval_mode": "eval"},
-                 "test": classification_metrics(1.0, correct / TEST_SIZE, pred, y, 10)}], {"final": {}}
-    monkeypatch.setattr(executors, "train_cells", train)
-    return calls, settings
+                  "test": classification_metrics(1.0, correct / TEST_SIZE, pred, y, 10)}, {"final": {}})]
+    return calls, settings, replace(OPTIONS, trainer=train)
 
 
 def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_path, stub_trainer):
     """After the grid's seeds, dropout 0.2 is decided and 0.5 is not: the next round adds seed 3
     to the dropout 0.0 and 0.5 cells only (both sides of the open comparison), for that reason."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    run_grids([grid], tmp_path, OPTIONS)
+    run_grids([grid], tmp_path, options)
     step = plan([grid], tmp_path, new_design([grid]))
     assert "model.dropout 0.5 − 0.0 on digits" in step.undecided
     assert "model.dropout 0.2 − 0.0 on digits" not in step.undecided
@@ -86,9 +86,9 @@ def test_seeds_are_added_only_to_the_cells_of_undecided_effects(write_grid, tmp_
 def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path, stub_trainer, capsys):
     """A null effect with 1 pp noise is not decided within 7 seeds: seeding stops at the cap,
     having added seeds only to that comparison's cells; `list` counts them and their trainings."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     grid = load_grid(write_grid(GRID))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    outcome = run_until_decided([grid], tmp_path, options)
     assert outcome.reason == "cap" and outcome.plan.capped == ("model.dropout 0.5 − 0.0 on digits",)
     records = ResultStore(tmp_path, grid.name).records()
     seeds_of = {}
@@ -106,51 +106,51 @@ def test_stops_at_the_seed_cap_with_the_open_effects_named(write_grid, tmp_path,
 @pytest.mark.parametrize("extra, reason", [("", "cap"), ("max_seeds = 3", "cap")])
 def test_without_room_for_more_seeds_nothing_is_added(write_grid, tmp_path, stub_trainer, extra, reason):
     """A grid whose max_seeds is its seed count (or unset) never adds a seed; open effects are named."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID.replace("max_seeds = 7", extra)))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    outcome = run_until_decided([grid], tmp_path, options)
     assert outcome.reason == reason and outcome.plan.capped and len(calls) == 18
 
 
 def test_stops_when_every_effect_is_decided(write_grid, tmp_path, stub_trainer):
     """A real −4 pp effect with 1.5 pp noise is undecided at 3 seeds and decided before the cap."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    outcome = run_until_decided([grid], tmp_path, options)
     assert outcome.reason == "decided" and outcome.rounds >= 1 and not outcome.plan.undecided
     assert 18 < len(calls) < 42
     report = write_report([grid], tmp_path).read_text()
     assert f"stopped: all effects decided after {len(calls)} of 42 possible runs" in report
-    assert run_grids([grid], tmp_path, OPTIONS).trained == 0  # a plain run adds and removes nothing
+    assert run_grids([grid], tmp_path, options).trained == 0  # a plain run adds and removes nothing
     assert len(ResultStore(tmp_path, grid.name).records()) == len(calls)
 
 
 def test_the_budget_stops_seeding(write_grid, tmp_path, stub_trainer):
     """--max-cells caps the cells trained in all; the rest stays undecided and is said so."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    outcome = run_until_decided([grid], tmp_path, OPTIONS, max_cells=20)
+    outcome = run_until_decided([grid], tmp_path, options, max_cells=20)
     assert outcome.reason == "budget" and len(calls) == 18 and outcome.plan.undecided
 
 
 def test_an_interrupted_round_resumes_without_training_anything_twice(write_grid, tmp_path, stub_trainer):
     """Ctrl-C in the middle of a round; the next call completes that round and goes on to the cells
     an uninterrupted run trains, each once."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5)
     grid = load_grid(write_grid(GRID))
-    run_until_decided([grid], tmp_path / "twin", OPTIONS)
+    run_until_decided([grid], tmp_path / "twin", options)
     twin = sorted(calls)
     calls.clear()
     settings["interrupt_at"] = 19  # the grid's 18, then 1 of the first round's 4
     with pytest.raises(KeyboardInterrupt):
-        run_until_decided([grid], tmp_path, OPTIONS)
+        run_until_decided([grid], tmp_path, options)
     assert len(ResultStore(tmp_path, grid.name).records()) == 19
     settings["interrupt_at"] = None
-    outcome = run_until_decided([grid], tmp_path, OPTIONS)
+    outcome = run_until_decided([grid], tmp_path, options)
     assert outcome.reason == "decided" and len(twin) > 22 and sorted(calls) == twin
     assert len(ResultStore(tmp_path, grid.name).records()) == len(twin)
 
@@ -159,30 +159,30 @@ def test_the_design_is_stored_before_any_seed_is_added_and_a_later_call_keeps_it
     """seeding.json names the design (first look 3, max_seeds 7, seed order) once the grid's seeds are
     trained; the report says `sequential`; a second call with a smaller cap keeps the stored design,
     and one with a larger cap is refused before anything trains."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     settings.update(effect_05=-4.0, noise=1.5, interrupt_at=18)  # stop before the first added seed
     grid = load_grid(write_grid(GRID))
     with pytest.raises(KeyboardInterrupt):
-        run_until_decided([grid], tmp_path, OPTIONS)
+        run_until_decided([grid], tmp_path, options)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
     assert state["design"] == {"method": state["design"]["method"], "first_look": 3, "max_seeds": 7,
                                "seed_order": [0, 1, 2, 3, 4, 5, 6]} and "Kim–DeMets" in state["design"]["method"]
     assert "sequential, 5 looks (seed counts 3–7)" in write_report([grid], tmp_path).read_text()
     settings["interrupt_at"] = None
-    run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 5")))], tmp_path, OPTIONS)
+    run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 5")))], tmp_path, options)
     state = json.loads((tmp_path / "adaptive" / "seeding.json").read_text())
     assert state["design"]["max_seeds"] == 7 and state["looks"]["model.dropout 0.5 − 0.0 on digits"][0] == 3
     before = len(calls)
     with pytest.raises(AblatrixError, match="max_seeds = 7"):
-        run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 9")))], tmp_path, OPTIONS)
+        run_until_decided([load_grid(write_grid(GRID.replace("max_seeds = 7", "max_seeds = 9")))], tmp_path, options)
     assert len(calls) == before
 
 
 def test_a_report_over_a_fixed_seed_list_says_fixed_sample(write_grid, tmp_path, stub_trainer):
     """Without seeding.json the report's analysis is the fixed-sample one, and says so."""
-    calls, settings = stub_trainer
+    calls, settings, options = stub_trainer
     grid = load_grid(write_grid(GRID))
-    run_grids([grid], tmp_path, OPTIONS)
+    run_grids([grid], tmp_path, options)
     report = write_report([grid], tmp_path).read_text()
     assert "Analysis: fixed sample" in report and "sequential" not in report
 

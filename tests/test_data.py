@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ablatrix.data import DATASETS, load_splits, stratified_mask
-from ablatrix.datasets import register_named
+from ablatrix.sources import register_named
 from ablatrix.errors import AblatrixError
 
 

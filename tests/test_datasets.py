@@ -23,7 +23,7 @@ from ablatrix.data import AUGMENTATIONS, DATASETS
 from ablatrix.errors import AblatrixError
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
-from ablatrix.train import SAMPLERS
+from ablatrix.data import SAMPLERS
 
 RNG = np.random.default_rng(0)
 

@@ -18,57 +18,59 @@ import pytest
 import torch
 
 import ablatrix
-from ablatrix import executors
 from ablatrix.errors import AblatrixError
 from ablatrix.cores import available_cores
-from ablatrix.executors import RunOptions, pending, resolve_device, run_grids
+from ablatrix.executors import executor_for, local, run_grids
+from ablatrix.record import cell_record
+from ablatrix.runner import RunOptions, resolve_device, run_unit
+from ablatrix.scheduling import pending
 from ablatrix.report import write_report
 from ablatrix.data import load_splits
 from ablatrix.spec import load_grid
 from ablatrix.packed import pack_id
-from ablatrix.train import evaluate
+from ablatrix.evaluation import evaluate
+from ablatrix.train import train_unit
 from ablatrix.store import ResultStore
 from conftest import TINY_GRID, dead_pid
+from fakes import instant
 
 OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 
 
 @pytest.fixture
-def counting_train(monkeypatch):
-    """Wrap train_cells to count trainings (by the run id of their first cell); `fail_on` maps a call
-    number to the exception it raises."""
+def counting_train():
+    """Options whose trainer (the instant fake) counts trainings by the run id of their first cell;
+    `fail_on` maps a call number to the exception it raises."""
     calls, fail_on = [], {}
-    real = executors.train_cells
 
     def train(configs, *args):
         calls.append(configs[0].run_id)
         if len(calls) in fail_on:
             raise fail_on[len(calls)]
-        return real(configs, *args)
-    monkeypatch.setattr(executors, "train_cells", train)
-    return calls, fail_on
+        return instant(configs, *args)
+    return calls, fail_on, replace(OPTIONS, trainer=train)
 
 
 def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, counting_train):
     """Ctrl-C during the third cell keeps the two finished records; the next run trains the rest."""
-    calls, fail_on = counting_train
+    calls, fail_on, options = counting_train
     grid = load_grid(write_grid())
     results = tmp_path / "results"
     fail_on[3] = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
-        run_grids([grid], results, OPTIONS)
+        run_grids([grid], results, options)
     store = ResultStore(results, grid.name)
     finished = store.records()
     assert sorted(finished) == sorted(calls[:2])
     assert all(r["status"] == "done" for r in finished.values())
 
     fail_on.clear()
-    summary = run_grids([grid], results, OPTIONS)
+    summary = run_grids([grid], results, options)
     assert (summary.trained, summary.skipped) == (2, 2)
     assert sorted(calls[3:]) == sorted(c.run_id for c in grid.cells if c.run_id not in finished)
     assert calls[2] in calls[3:]  # the interrupted cell is trained again
     assert all(store.get(k) == v for k, v in finished.items())  # untouched
-    assert run_grids([grid], results, OPTIONS).trained == 0
+    assert run_grids([grid], results, options).trained == 0
 
 
 @pytest.mark.parametrize("stored, owner, kept", [
@@ -84,7 +86,7 @@ def test_the_next_run_removes_the_dead_claim_of_a_done_cell(write_grid, tmp_path
     (cell,) = grid.cells
     store = ResultStore(tmp_path, grid.name)
     if stored:
-        store.put({**executors.cell_record(cell), "status": stored, "error": "x", "history": [], "best_epoch": 0,
+        store.put({**cell_record(cell), "status": stored, "error": "x", "history": [], "best_epoch": 0,
                    "epochs_trained": 0, "test": {}, "wall_seconds": 0})
     store.runs_dir.mkdir(parents=True, exist_ok=True)
     pid = os.getpid() if owner == "live" else dead_pid()
@@ -95,19 +97,19 @@ def test_the_next_run_removes_the_dead_claim_of_a_done_cell(write_grid, tmp_path
 
 def test_failed_cell_is_recorded_and_the_grid_goes_on(write_grid, tmp_path, counting_train):
     """An exception in one cell gives a `failed` record with the reason; the rest train; --retry-failed retries it."""
-    calls, fail_on = counting_train
+    calls, fail_on, options = counting_train
     grid = load_grid(write_grid())
     fail_on[1] = RuntimeError("CUDA out of memory (simulated)")
-    summary = run_grids([grid], tmp_path, OPTIONS)
+    summary = run_grids([grid], tmp_path, options)
     assert (summary.trained, summary.failed) == (3, 1)
     record = ResultStore(tmp_path, grid.name).get(calls[0])
     assert record["status"] == "failed"
     assert record["error"] == "RuntimeError: CUDA out of memory (simulated)"
     assert "Traceback" in record["traceback"]
     assert pending([grid], tmp_path) == []  # a failed cell is not retried by default...
-    assert run_grids([grid], tmp_path, OPTIONS).trained == 0
+    assert run_grids([grid], tmp_path, options).trained == 0
     assert [c.run_id for c, _ in pending([grid], tmp_path, retry_failed=True)] == [calls[0]]
-    assert run_grids([grid], tmp_path, replace(OPTIONS, retry_failed=True)).trained == 1  # ...only on request
+    assert run_grids([grid], tmp_path, replace(options, retry_failed=True)).trained == 1  # ...only on request
     assert ResultStore(tmp_path, grid.name).get(calls[0])["status"] == "done"
 
 
@@ -151,7 +153,7 @@ def test_two_worker_processes_give_the_same_records_as_one(write_grid, tmp_path,
     grid = load_grid(write_grid())
     threads = torch.get_num_threads()
     with monkeypatch.context() as patch:  # as each of the two workers: same arithmetic, same order
-        patch.setattr(executors, "threads_for", lambda workers: max(1, available_cores() // 2))
+        patch.setattr(local, "threads_for", lambda workers: max(1, available_cores() // 2))
         try:
             run_grids([grid], tmp_path / "one", OPTIONS)
         finally:
@@ -271,7 +273,7 @@ def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, t
     import ray
     grid = load_grid(write_grid())
     threads = torch.get_num_threads()
-    monkeypatch.setattr(executors, "threads_for", lambda workers: 1)  # as each Ray task: cpus_per_run = 1 thread
+    monkeypatch.setattr(local, "threads_for", lambda workers: 1)  # as each Ray task: cpus_per_run = 1 thread
     try:
         run_grids([grid], tmp_path / "one", OPTIONS)
     finally:
@@ -526,10 +528,10 @@ def test_losing_a_ray_node_mid_grid_retrains_its_cells_on_the_survivor(write_gri
 
 def test_gpu_out_of_memory_is_a_cell_failure_naming_the_memory(write_grid, tmp_path, counting_train):
     """CUDA out of memory fails its cell at once (no retry) with torch's request and what to change."""
-    calls, fail_on = counting_train
+    calls, fail_on, options = counting_train
     fail_on[1] = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has 1.2 GiB free.")
     grid = load_grid(write_grid(), ["seeds=[0]", "axes.model.batchnorm=[true]"])
-    summary = run_grids([grid], tmp_path, OPTIONS)
+    summary = run_grids([grid], tmp_path, options)
     assert (summary.trained, summary.failed, len(calls)) == (0, 1, 1)
     (record,) = ResultStore(tmp_path, grid.name).records().values()
     assert record["error"].startswith("OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -628,7 +630,7 @@ def test_cells_measured_differently_train_once_and_match_their_own_trainings(wri
         record = records[cell.run_id]
         torch.set_num_threads(record["torch_threads"])  # the same arithmetic in the same order
         try:
-            (alone,) = executors.run_training([cell], OPTIONS)
+            ((alone, _),) = run_unit([cell], OPTIONS)
         finally:
             torch.set_num_threads(threads)
         assert strip_timing(record) == strip_timing(alone)
@@ -645,17 +647,17 @@ def test_cells_measured_differently_train_once_and_match_their_own_trainings(wri
 def test_ctrl_c_in_a_shared_training_keeps_the_finished_trainings(write_grid, tmp_path, counting_train):
     """Ctrl-C in the second of four trainings: the first one's four cells are stored, the next run trains
     the other three trainings (12 cells) and nothing else."""
-    calls, fail_on = counting_train
+    calls, fail_on, options = counting_train
     grid = load_grid(write_grid(MEASURED))
     fail_on[2] = KeyboardInterrupt()
     with pytest.raises(KeyboardInterrupt):
-        run_grids([grid], tmp_path, OPTIONS)
+        run_grids([grid], tmp_path, options)
     store = ResultStore(tmp_path, grid.name)
     first = store.records()
     assert len(first) == 4 and len({r["training"]["id"] for r in first.values()}) == 1
     assert not list(store.runs_dir.glob("*.lock"))
     fail_on.clear()
-    summary = run_grids([grid], tmp_path, OPTIONS)
+    summary = run_grids([grid], tmp_path, options)
     assert (summary.trained, summary.trainings, summary.skipped, len(calls)) == (12, 3, 4, 5)
     assert all(store.get(k) == v for k, v in first.items())
 
@@ -663,13 +665,13 @@ def test_ctrl_c_in_a_shared_training_keeps_the_finished_trainings(write_grid, tm
 def test_an_evaluation_added_later_trains_only_its_cells(write_grid, tmp_path, counting_train):
     """Adding bn-recomputed to the eval modes leaves the stored cells as they are and trains the new
     cells, one training per configuration and seed."""
-    calls, _ = counting_train
+    calls, _, options = counting_train
     text = TINY_GRID + 'train.eval_mode = ["eval", "train"]\n'
     grid = load_grid(write_grid(text))
-    run_grids([grid], tmp_path, OPTIONS)
+    run_grids([grid], tmp_path, options)
     before = ResultStore(tmp_path, grid.name).records()
     wider = load_grid(write_grid(text.replace('"train"]', '"train", "bn-recomputed"]')))
-    summary = run_grids([wider], tmp_path, OPTIONS)
+    summary = run_grids([wider], tmp_path, options)
     assert (summary.trained, summary.trainings, summary.skipped, len(calls)) == (4, 4, 8, 8)
     after = ResultStore(tmp_path, grid.name).records()
     assert all(after[k] == v for k, v in before.items())
@@ -680,7 +682,7 @@ def test_local_workers_live_across_runs_of_one_executor(write_grid, tmp_path):
     which exit when it closes."""
     grid = load_grid(write_grid())
     todo = pending([grid], tmp_path)
-    with executors.executor_for([grid], replace(OPTIONS, workers=2)) as executor:
+    with executor_for([grid], replace(OPTIONS, workers=2)) as executor:
         assert executor.run(todo[:2]).trained == 2
         pids = [slot.process.pid for slot in executor.slots]
         assert executor.run(todo[2:]).trained == 2
@@ -696,15 +698,14 @@ def test_ctrl_c_mid_training_resumes_from_its_checkpoint(write_grid, tmp_path, m
     claim or record left meanwhile), its records equal an uninterrupted run's, and the checkpoint goes."""
     grid = load_grid(write_grid(MEASURED.replace("epochs = 2", "epochs = 6")), ["seeds=[0]", "axes.model.batchnorm=[true]"])
     options = replace(OPTIONS, checkpoint_seconds=0)
-    interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options, "train_cells", grid.cells[0].config.training_id)
+    interrupted_at_epoch_3(grid, tmp_path, options, grid.cells[0].config.training_id)
 
 
 def test_ctrl_c_mid_pack_resumes_from_its_checkpoint(write_grid, tmp_path, monkeypatch):
     """The same for a pack of two seeds (--pack 2): it checkpoints as one and resumes as one."""
     grid = load_grid(write_grid(TINY_GRID.replace("epochs = 2", "epochs = 6")), ["axes.model.batchnorm=[true]"])
     options = replace(OPTIONS, checkpoint_seconds=0, pack=2)
-    interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options, "train_pack",
-                           pack_id([c.config for c in grid.cells]))
+    interrupted_at_epoch_3(grid, tmp_path, options, pack_id([c.config for c in grid.cells]))
 
 
 def test_a_pack_renews_the_claims_of_its_stopped_members(write_grid, tmp_path, monkeypatch):
@@ -720,22 +721,19 @@ def test_a_pack_renews_the_claims_of_its_stopped_members(write_grid, tmp_path, m
     assert sorted(beats) == sorted(r["run_id"] for r in records for _ in range(12))
 
 
-def interrupted_at_epoch_3(grid, tmp_path, monkeypatch, options: RunOptions, trainer: str, checkpoint: str) -> None:
+def interrupted_at_epoch_3(grid, tmp_path, options: RunOptions, checkpoint: str) -> None:
     run_grids([grid], tmp_path / "twin", options)
-    real = getattr(executors, trainer)
 
     def interrupted(configs, data, device, execution, on_epoch, checkpoint):
-        def stop(*args):
-            if args[-1]["epoch"] == 3:
+        def stop(b, row):
+            if row["epoch"] == 3:
                 raise KeyboardInterrupt
-        return real(configs, data, device, execution, stop, checkpoint)
-    monkeypatch.setattr(executors, trainer, interrupted)
+        return train_unit(configs, data, device, execution, stop, checkpoint)
     with pytest.raises(KeyboardInterrupt):
-        run_grids([grid], tmp_path / "res", options)
+        run_grids([grid], tmp_path / "res", replace(options, trainer=interrupted))
     store = ResultStore(tmp_path / "res", grid.name)
     assert store.records() == {} and not list(store.runs_dir.glob("*.lock"))
     assert [p.stem for p in (store.dir / "checkpoints").iterdir()] == [checkpoint]
-    monkeypatch.setattr(executors, trainer, real)
     assert run_grids([grid], tmp_path / "res", options).trained == len(grid.cells)
     twin = ResultStore(tmp_path / "twin", grid.name).records()
     for run_id, record in store.records().items():
@@ -748,27 +746,27 @@ def test_a_failed_shared_training_fails_its_cells_and_retry_failed_trains_them_o
                                                                                   counting_train):
     """An exception in a shared training fails each of its 4 cells with the reason; --retry-failed
     trains them again as one training."""
-    calls, fail_on = counting_train
+    calls, fail_on, options = counting_train
     grid = load_grid(write_grid(MEASURED), ["seeds=[0]"])
     fail_on[1] = RuntimeError("simulated")
-    assert run_grids([grid], tmp_path, OPTIONS).failed == 4
+    assert run_grids([grid], tmp_path, options).failed == 4
     failed = [r for r in ResultStore(tmp_path, grid.name).records().values() if r["status"] == "failed"]
     assert len(failed) == 4 and {r["error"] for r in failed} == {"RuntimeError: simulated"}
-    summary = run_grids([grid], tmp_path, replace(OPTIONS, retry_failed=True))
+    summary = run_grids([grid], tmp_path, replace(options, retry_failed=True))
     assert (summary.trained, summary.trainings, len(calls)) == (4, 1, 3)
 
 
 def test_a_damaged_record_retrains_only_its_cell(write_grid, tmp_path, counting_train):
     """A damaged record of one cell of a shared training is set aside; the next run trains that cell
     alone and leaves the other three records as they are."""
-    calls, _ = counting_train
+    calls, _, options = counting_train
     grid = load_grid(write_grid(MEASURED), ["seeds=[0]", "axes.model.batchnorm=[true]"])
-    run_grids([grid], tmp_path, OPTIONS)
+    run_grids([grid], tmp_path, options)
     store = ResultStore(tmp_path, grid.name)
     before = store.records()
     damaged = grid.cells[1].run_id
     store.path(damaged).write_text("{truncated")
-    summary = run_grids([grid], tmp_path, OPTIONS)
+    summary = run_grids([grid], tmp_path, options)
     assert (summary.trained, summary.trainings, len(calls)) == (1, 1, 2)
     after = store.records()
     assert all(after[k] == v for k, v in before.items() if k != damaged)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from ablatrix import figures
-from ablatrix.executors import RunOptions, cell_record, run_training
+from ablatrix.record import cell_record
+from ablatrix.runner import RunOptions, run_unit
 from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
@@ -38,8 +39,7 @@ def template(tmp_path_factory) -> dict:
     """One real training run on digits, the record every fabricated run is copied from."""
     path = tmp_path_factory.mktemp("template") / "one.toml"
     path.write_text(WIDE.replace("seeds = [0, 1]", "seeds = [0]"))
-    (record,) = run_training(load_grid(path).cells[:1], RunOptions(torch.device("cpu"), path.parent))
-    record.pop("weights")  # the store keeps them apart from the record
+    ((record, _),) = run_unit(load_grid(path).cells[:1], RunOptions(torch.device("cpu"), path.parent))
     assert record["status"] == "done"
     return record
 

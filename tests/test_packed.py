@@ -12,8 +12,10 @@ from scipy import stats
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import load_splits
 from ablatrix.models import resolve_params
-from ablatrix.packed import fit_pack, pack_key, pack_size, train_pack
-from ablatrix.train import Checkpoint, Execution, TrainingDiverged, evaluate, fit, train_run
+from ablatrix.evaluation import Execution, evaluate
+from ablatrix.loop import Checkpoint, TrainingDiverged
+from ablatrix.packed import pack_key, pack_size
+from ablatrix.train import fit, train_unit
 
 CPU = torch.device("cpu")
 
@@ -56,8 +58,8 @@ def assert_same_run(packed, plain, data) -> None:
 def test_members_equal_their_plain_runs(float64, batchnorm, optimizer):
     """Without dropout, each member of a pack of 3 ends one epoch where its plain run does."""
     configs = [config(seed, {"batchnorm": batchnorm}, optimizer=optimizer, lr=0.01) for seed in (0, 1, 2)]
-    for packed, cfg in zip(fit_pack(configs, float64, CPU)[0], configs):
-        assert_same_run(packed, fit(cfg, float64, CPU), float64)
+    for packed, cfg in zip(fit(configs, float64, CPU), configs):
+        assert_same_run(packed, fit([cfg], float64, CPU)[0], float64)
 
 
 def test_members_keep_their_own_learning_rate_decay_and_stopping(float64):
@@ -65,19 +67,19 @@ def test_members_keep_their_own_learning_rate_decay_and_stopping(float64):
     configs = [config(0, epochs=6, optimizer="adam", lr=0.003, weight_decay=0.01, patience=1, restore_best=True),
                config(1, epochs=6, optimizer="adam", lr=0.02, patience=0, restore_best=False),
                config(2, epochs=6, optimizer="adam", lr=0.3, patience=1, restore_best=False)]
-    fitted, _ = fit_pack(configs, float64, CPU)
+    fitted = fit(configs, float64, CPU)
     lengths = [len(history) for _, history, _ in fitted]
     assert len(set(lengths)) > 1  # someone stopped early, or this test checks nothing about freezing
     for packed, cfg in zip(fitted, configs):
-        assert_same_run(packed, fit(cfg, float64, CPU), float64)
+        assert_same_run(packed, fit([cfg], float64, CPU)[0], float64)
 
 
 def test_a_diverging_member_fails_alone(float64):
     """A member whose loss goes non-finite is reported failed; the others still equal their plain runs."""
     configs = [config(0, optimizer="sgd", lr=0.05), config(1, optimizer="sgd", lr=1e12, momentum=0.0)]
-    (good, bad), _ = fit_pack(configs, float64, CPU)
+    good, bad = fit(configs, float64, CPU)
     assert isinstance(bad, TrainingDiverged) and "training loss became" in str(bad)
-    assert_same_run(good, fit(configs[0], float64, CPU), float64)
+    assert_same_run(good, fit([configs[0]], float64, CPU)[0], float64)
 
 
 @pytest.mark.slow
@@ -85,8 +87,8 @@ def test_with_dropout_members_match_plain_runs_in_distribution(digits):
     """With dropout, the packed members' mean test accuracy lies inside the plain runs' 95% interval."""
     model = {"dropout": 0.3, "fc_dropout": 0.3}
     configs = [config(seed, model, epochs=4) for seed in range(8)]
-    plain = [100 * train_run(c, digits, CPU)["test"]["accuracy"] for c in configs]
-    packed = [100 * r["test"]["accuracy"] for r, _ in train_pack(configs, digits, CPU)]
+    plain = [100 * train_unit([c], digits, CPU)[0][0]["test"]["accuracy"] for c in configs]
+    packed = [100 * r["test"]["accuracy"] for r, _ in train_unit(configs, digits, CPU)]
     mean, sem = sum(plain) / len(plain), stats.sem(plain)
     half = stats.t.ppf(0.975, len(plain) - 1) * sem
     assert abs(sum(packed) / len(packed) - mean) <= half, (plain, packed)
@@ -104,7 +106,7 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
     configs = [config(0, model, epochs=7, lr=0.03, patience=1, restore_best=True),
                config(1, model, epochs=7, lr=0.01),
                config(2, model, epochs=7, lr=1e12)]
-    twin = train_pack(configs, digits, CPU)
+    twin = train_unit(configs, digits, CPU)
     assert isinstance(twin[2], TrainingDiverged) and twin[0][0]["epochs_trained"] < 7  # or this tests less
     checkpoint = Checkpoint(tmp_path / "pack.pt")
     for kill in (2, 5):
@@ -112,9 +114,9 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
             if row["epoch"] == kill:
                 raise Stop
         with pytest.raises(Stop):
-            train_pack(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
+            train_unit(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
         assert torch.load(checkpoint.path, weights_only=True)["epoch"] == kill
-    resumed = train_pack(configs, digits, CPU, checkpoint=checkpoint)
+    resumed = train_unit(configs, digits, CPU, checkpoint=checkpoint)
     assert str(resumed[2]) == str(twin[2])
     for (result, weights), (result0, weights0) in zip(resumed[:2], twin[:2]):
         assert result.pop("resumed_after_epochs") == [2, 5]
@@ -127,7 +129,7 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
 def test_cuda_code_paths_run_on_cpu(digits):
     """bf16 autocast and channels_last, the CUDA defaults, run through a pack on CPU and give finite results."""
     configs = [config(seed, {"dropout": 0.2, "dropout_kind": "dropout2d"}, epochs=2) for seed in (0, 1)]
-    results = train_pack(configs, digits, CPU, Execution(amp="bf16", channels_last=True))
+    results = train_unit(configs, digits, CPU, Execution(amp="bf16", channels_last=True))
     for result, _ in results:
         assert all(math.isfinite(r["train_loss"]) for r in result["history"])
         assert result["test"]["accuracy"] > 0.3  # ten classes: far above chance after two epochs
@@ -162,10 +164,10 @@ def test_cells_that_never_pack(cfg):
     assert pack_key(cfg) is None
 
 
-def test_fit_pack_refuses_mixed_cells(digits):
+def test_a_pack_refuses_mixed_cells(digits):
     """Cells of different shapes cannot be fused; asking to is a programming error, not a silent mix."""
     with pytest.raises(ValueError):
-        fit_pack([config(0), config(0, {"conv": [4]})], digits, CPU)
+        fit([config(0), config(0, {"conv": [4]})], digits, CPU)
 
 
 def test_auto_pack_size_is_one_on_cpu():

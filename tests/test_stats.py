@@ -8,10 +8,12 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from ablatrix.stats import (Design, adjusted_level, benjamini_hochberg, decide, holm, interaction_deltas, interval,
-                            look_floors, mark_best, outliers, paired_deltas, per_seed, probability_of_improvement,
-                            seed_summary, seeds_needed, spent, spread_floor, summarize, summarize_deltas, t_interval,
-                            t_test_p, verdict, wilson, z_boundaries)
+from ablatrix.boundaries import Design, spent, z_boundaries
+from ablatrix.multiplicity import adjusted_level, benjamini_hochberg, holm
+from ablatrix.config import CONFIDENCE
+from ablatrix.stats import (decide, interaction_deltas, interval, look_floors, mark_best, outliers,
+                            paired_deltas, per_seed, probability_of_improvement, seed_summary, seeds_needed,
+                            spread_floor, summarize, summarize_deltas, t_interval, t_test_p, verdict, wilson)
 
 T_975_DF1, T_975_DF2 = 12.706205, 4.302653  # Student-t 97.5% quantiles from a printed table
 
@@ -158,7 +160,7 @@ def test_the_adjusted_interval_excludes_zero_exactly_when_the_adjusted_p_is_smal
     d = mean + sd * (np.arange(n) - (n - 1) / 2) / np.std(np.arange(n) - (n - 1) / 2, ddof=1)
     p = t_test_p(d)
     p_adj = min(1.0, multiplier * p)
-    low, high = interval(float(np.mean(d)), float(np.std(d, ddof=1)), n, adjusted_level(p, p_adj))
+    low, high = interval(float(np.mean(d)), float(np.std(d, ddof=1)), n, adjusted_level(p, p_adj, CONFIDENCE))
     assert (low > 0 or high < 0) == (p_adj < 0.05)
     assert (low, high) == pytest.approx(interval(float(np.mean(d)), float(np.std(d, ddof=1)), n, 0.95)) \
         if multiplier == 1 else True

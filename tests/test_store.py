@@ -16,7 +16,8 @@ import torch
 from ablatrix.config import SCHEMA
 from ablatrix.errors import AblatrixError
 from ablatrix.spec import load_grid
-from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text, code_revision, environment
+from ablatrix.record import code_revision, environment
+from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text
 
 from conftest import dead_pid
 

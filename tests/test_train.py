@@ -14,8 +14,10 @@ import ablatrix
 from ablatrix.config import ModelConfig, RunConfig, TrainConfig
 from ablatrix.data import Splits, load_splits
 from ablatrix.models import resolve_params
-from ablatrix.train import (OPTIMIZERS, Checkpoint, TrainingDiverged, build_optimizer, classification_metrics, evaluate, fit,
-                            recompute_batchnorm, train_cells, train_run)
+from ablatrix.evaluation import PLAIN, Execution, classification_metrics, evaluate, recompute_batchnorm
+from ablatrix.loop import Checkpoint, TrainingDiverged
+from ablatrix.optim import OPTIMIZERS, build_optimizer
+from ablatrix.train import fit, train_unit
 
 CPU = torch.device("cpu")
 
@@ -23,6 +25,25 @@ CPU = torch.device("cpu")
 def config(seed: int = 0, **train) -> RunConfig:
     params = resolve_params("convnet", {"conv": [4], "fc": [16], "dropout": 0.1})
     return RunConfig("digits", seed, ModelConfig("convnet", params), TrainConfig(**{"epochs": 3, **train}))
+
+
+def train_run(config: RunConfig, data: Splits, device: torch.device, execution: Execution = PLAIN) -> dict:
+    """One cell's result, trained alone."""
+    return train_unit([config], data, device, execution)[0][0]
+
+
+def fit_one(config: RunConfig, data: Splits, device: torch.device):
+    """One config's model (holding the weights it tests), history and best epoch; raises its divergence."""
+    fitted = fit([config], data, device)[0]
+    if isinstance(fitted, Exception):
+        raise fitted
+    return fitted
+
+
+def train_cells(configs, data, device, on_epoch=lambda row: None, checkpoint=None):
+    """Every config's result, and the weights they tested by name."""
+    results = train_unit(configs, data, device, on_epoch=lambda b, row: on_epoch(row), checkpoint=checkpoint)
+    return [r for r, _ in results], {name: w for _, weights in results for name, w in weights.items()}
 
 
 @pytest.fixture(scope="module")
@@ -52,20 +73,20 @@ def test_training_learns(digits):
 def test_early_stopping_stops_after_patience_and_restores_the_best_weights(digits):
     """With patience 2 training stops 2 epochs after the best val loss and ends with those weights."""
     cfg = config(epochs=60, patience=2, lr=0.05)
-    model, history, best = fit(cfg, digits, CPU)
+    model, history, best = fit_one(cfg, digits, CPU)
     assert len(history) < 60 and len(history) - best == 2
     assert min(history, key=lambda row: row["val_loss"])["epoch"] == best
     val_loss, _, _ = evaluate(model, digits.val_x, digits.val_y)
     assert val_loss == pytest.approx(history[best - 1]["val_loss"], rel=1e-6)
     no_restore = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, restore_best=False))
-    model_last, last_history, _ = fit(no_restore, digits, CPU)
+    model_last, last_history, _ = fit_one(no_restore, digits, CPU)
     assert evaluate(model_last, digits.val_x, digits.val_y)[0] == pytest.approx(last_history[-1]["val_loss"])
     assert last_history[-1]["val_loss"] > val_loss
 
 
 def test_patience_zero_trains_every_epoch(digits):
     """patience = 0 disables early stopping."""
-    _, history, _ = fit(config(epochs=4, patience=0), digits, CPU)
+    _, history, _ = fit_one(config(epochs=4, patience=0), digits, CPU)
     assert [row["epoch"] for row in history] == [1, 2, 3, 4]
 
 
@@ -82,7 +103,7 @@ def test_classification_metrics_by_hand():
 def test_trailing_batch_of_one_does_not_break_batchnorm(digits):
     """65 training samples with batch 64 leave a batch of one, which is dropped, not crashed on."""
     small = dataclasses.replace(digits, train_x=digits.train_x[:65], train_y=digits.train_y[:65])
-    _, history, _ = fit(config(epochs=1, batch_size=64), small, CPU)
+    _, history, _ = fit_one(config(epochs=1, batch_size=64), small, CPU)
     assert len(history) == 1
 
 
@@ -91,7 +112,7 @@ def test_non_finite_loss_raises_training_diverged(digits):
     broken = dataclasses.replace(digits, train_x=digits.train_x.clone())
     broken.train_x[0, 0, 0, 0] = float("nan")
     with pytest.raises(TrainingDiverged, match="training loss became nan in epoch 1"):
-        fit(config(epochs=2, batch_size=2000), broken, CPU)
+        fit_one(config(epochs=2, batch_size=2000), broken, CPU)
 
 
 @pytest.mark.parametrize("options", [
@@ -108,7 +129,6 @@ def test_training_options_change_the_run_and_still_learn(digits, options):
 
 def test_channels_last_gives_the_plain_numbers(digits):
     """The channels_last fast path (used on CUDA) trains to the same numbers on CPU."""
-    from ablatrix.train import Execution
     # Without dropout: its masks are drawn in memory order, so another layout drops other units.
     cfg = dataclasses.replace(config(), model=ModelConfig("convnet", resolve_params("convnet", {"conv": [4], "fc": [16]})))
     plain = train_run(cfg, digits, CPU)
@@ -120,7 +140,7 @@ def test_channels_last_gives_the_plain_numbers(digits):
 
 def test_evaluate_in_batches_equals_one_full_forward_pass(digits):
     """evaluate's loss, accuracy and predictions over several CPU batches equal one pass over all samples."""
-    model, _, _ = fit(config(epochs=1), digits, CPU)
+    model, _, _ = fit_one(config(epochs=1), digits, CPU)
     x, y = digits.train_x, digits.train_y  # over 1,000 samples: several evaluation batches
     loss, acc, pred = evaluate(model, x, y)
     with torch.no_grad():
@@ -135,7 +155,7 @@ def test_recompute_batchnorm_takes_statistics_with_dropout_off(digits):
     over the training inputs with dropout off (by hand for the first); after a dropout of 0.5 that
     variance is below the one training gathered; the model itself is untouched."""
     params = resolve_params("convnet", {"conv": [4, 6], "fc": [16], "dropout": 0.5})
-    model, _, _ = fit(dataclasses.replace(config(patience=0), model=ModelConfig("convnet", params)), digits, CPU)
+    model, _, _ = fit_one(dataclasses.replace(config(patience=0), model=ModelConfig("convnet", params)), digits, CPU)
     x = digits.train_x[:512]  # two evaluation batches of 256
     before = {k: v.clone() for k, v in model.state_dict().items()}
     fresh = recompute_batchnorm(model, x)
@@ -161,8 +181,8 @@ def test_other_evaluation_modes_change_metrics_not_training(digits, mode):
     """eval_mode "train" (batch statistics, dropout on) and "bn-recomputed" give the same training
     (same train losses, same BatchNorm running statistics) and other validation and test numbers."""
     plain, aided = (config(patience=0, restore_best=False, eval_mode=m) for m in ("eval", mode))
-    model, history, _ = fit(plain, digits, CPU)
-    model_t, history_t, _ = fit(aided, digits, CPU)
+    model, history, _ = fit_one(plain, digits, CPU)
+    model_t, history_t, _ = fit_one(aided, digits, CPU)
     assert [h["train_loss"] for h in history] == [h["train_loss"] for h in history_t]
     assert [h["val_loss"] for h in history] != [h["val_loss"] for h in history_t]
     bn = next(m for m in model_t.modules() if isinstance(m, torch.nn.BatchNorm2d))
@@ -220,7 +240,7 @@ def test_one_cycle_steps_per_batch_over_the_grids_steps(digits):
     """OneCycleLR steps every batch: its total steps come from epochs x batches and its peak is train.lr,
     so epoch 1 starts at lr / 25 (its div_factor) and the run ends near lr / 1e4."""
     cfg = config(epochs=3, lr=0.01, batch_size=64, schedule="OneCycleLR")
-    model, history, _ = fit(cfg, digits, CPU)
+    model, history, _ = fit_one(cfg, digits, CPU)
     assert history[0]["lr"] == pytest.approx(0.01 / 25)
     assert max(row["lr"] for row in history) <= 0.01
     steps = -(-len(digits.train_x) // 64)
@@ -267,10 +287,12 @@ def test_one_training_measured_several_ways_equals_separate_trainings(digits, pa
     assert len({json.dumps(r["test"]) for r in shared}) > 1  # the measurements do differ
 
 
-def test_cells_of_different_trainings_are_refused_by_train_cells(digits):
-    """A seed (or any training field) apart: not one training."""
-    with pytest.raises(ValueError, match="one training"):
-        train_cells([config(0, patience=0), config(1, patience=0)], digits, CPU)
+def test_cells_of_different_trainings_that_cannot_pack_are_refused(digits):
+    """A seed apart, cells are one pack; a batch size apart (another batch schedule), neither one
+    training nor one pack: a programming error, not a silent mix."""
+    assert len(train_unit([config(0, epochs=1), config(1, epochs=1)], digits, CPU)) == 2
+    with pytest.raises(ValueError, match="one pack key"):
+        train_unit([config(0, patience=0), config(0, patience=0, batch_size=32)], digits, CPU)
 
 
 class Stop(Exception):

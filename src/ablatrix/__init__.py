@@ -8,7 +8,7 @@ from typing import Any
 
 __version__ = "0.1.0"
 _PUBLIC = {"create_model": "models", "load_model": "store", "register_dataset": "data",
-           "register_model": "models", "register_optimizer": "train"}
+           "register_model": "models", "register_optimizer": "optim"}
 __all__ = ["__version__", *_PUBLIC]
 
 

@@ -30,7 +30,7 @@ from .effects import effect_tables, report_settings
 from .frames import collect
 from .sequential import SEEDING_FILE, design_of, design_record, new_design, report_dir, seeding_state
 from .spec import Cell, Grid, axis_value
-from .stats import Design
+from .boundaries import Design
 from .store import ResultStore, atomic_write_text
 
 Config = tuple  # (grid, variant, axis values..., dataset): a configuration on one dataset

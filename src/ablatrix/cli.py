@@ -175,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     from .data import DATASETS, data_root
-    from .datasets import register_torchvision
+    from .sources import register_torchvision
     root = data_root(args.data_dir)
     for name in args.datasets:
         if name.startswith("torchvision:"):

@@ -23,6 +23,10 @@ from typing import Any, Callable
 
 from .models import param_defaults
 
+# The report's defaults for deciding effects (a grid's [report] sets its own): the confidence of
+# its intervals, and the practical-equivalence margin in percentage points.
+CONFIDENCE = 0.95
+MARGIN = 0.5
 SCHEMA = 2  # record format; 1 hashed the full resolved config (store.ResultStore migrates it)
 
 

@@ -12,8 +12,9 @@ import pandas as pd
 from .errors import AblatrixError
 from .frames import Results, class_steps, steps, varied
 from .spec import Grid, ReportSettings
-from .stats import (DECISION_COLUMNS, SUMMARY_COLUMNS, Design, decide, interaction_deltas, mark_best, paired_deltas,
-                    summarize, summarize_deltas)
+from .boundaries import Design
+from .stats import (DECISION_COLUMNS, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best, paired_deltas, summarize,
+                    summarize_deltas)
 
 
 def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:

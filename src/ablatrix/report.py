@@ -22,7 +22,8 @@ from .frames import Results, collect, varied
 from .report_html import write_html
 from .sequential import design_of, report_dir, seeding_state
 from .spec import Grid, ReportSettings
-from .stats import RESAMPLES, SEEDS_CAP, Design
+from .boundaries import Design
+from .stats import RESAMPLES, SEEDS_CAP
 from .store import ResultStore, atomic_write_text
 
 

@@ -18,7 +18,7 @@ from tqdm import tqdm
 from . import record
 from .claims import Claims
 from .data import Splits, load_splits
-from .datasets import register_named
+from .sources import register_named
 from .errors import AblatrixError
 from .evaluation import Execution
 from .loop import Checkpoint, OnEpoch, Row

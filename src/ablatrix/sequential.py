@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .spec import Grid
-from .stats import Design
+from .boundaries import Design
 
 
 SEEDING_FILE = "seeding.json"  # what the last `run --until-decided` did, written by `adaptive`

@@ -18,12 +18,12 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
-from .config import ModelConfig, RunConfig, TrainConfig, allowed
+from .config import CONFIDENCE, MARGIN, ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS, SAMPLERS
-from .datasets import SOURCES, parse_source, register_named
+from . import datasets as _built_in  # noqa: F401  (registers the built-in datasets, which grids name)
+from .sources import SOURCES, parse_source, register_named
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
-from .stats import CONFIDENCE, MARGIN
 from .optim import check_training
 
 
