@@ -4,10 +4,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+import torch
 
+from ablatrix import record
+from ablatrix.loop import TrainingDiverged
 from ablatrix.store import ResultStore
 
 TINY_GRID = """
@@ -43,21 +47,25 @@ SUPPORT = 36  # test examples per class in fabricated records
 
 
 def fabricate(cell, accuracy: float, status: str = "done") -> dict:
-    """A stored record as the runner writes it, with hand-chosen metrics (every class alike)."""
-    correct = round(accuracy * SUPPORT)
-    record = {"run_id": cell.run_id, "status": status, "config": cell.config.to_dict(),
-              "params": cell.params, "wall_seconds": 1.5, "device": "cpu", "device_name": "test cpu",
-              "versions": {"torch": "2.x"}, "code_revision": "git:test"}
+    """A stored record built as the runner builds it (`record`), with hand-chosen metrics (every
+    class alike): trained 3 epochs, tested with the best weights, of epoch 2."""
+    started = record.started(cell, (), torch.device("cpu"), {"executor": "local", "workers": 1},
+                             datetime(2026, 1, 1, tzinfo=timezone.utc))
     if status == "failed":
-        return {**record, "error": "TrainingDiverged: training loss became nan in epoch 3"}
-    confusion = [[correct if j == i else SUPPORT - correct if j == (i + 1) % 10 else 0 for j in range(10)]
-                 for i in range(10)]
-    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e, "train_accuracy": 0.3 * e,
-                "val_accuracy": 0.25 * e, "seconds": 0.1} for e in (1, 2, 3)]
-    return {**record, "epochs_trained": 3, "best_epoch": 2, "history": history,
-            "test": {"accuracy": correct / SUPPORT, "loss": 1 - accuracy, "confusion": confusion,
-                     "per_class": [{"class": c, "correct": correct, "support": SUPPORT,
-                                    "accuracy": correct / SUPPORT} for c in range(10)]}}
+        result = TrainingDiverged("training loss became nan in epoch 3")
+    else:
+        correct = round(accuracy * SUPPORT)
+        confusion = [[correct if j == i else SUPPORT - correct if j == (i + 1) % 10 else 0 for j in range(10)]
+                     for i in range(10)]
+        history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.3 * e, "val_loss": 1.2 / e,
+                    "val_accuracy": 0.25 * e, "seconds": 0.1} for e in (1, 2, 3)]
+        result = {"params": cell.params, "history": history, "best_epoch": 2, "epochs_trained": 3,
+                  "tested": {"weights": "best-eval", "epoch": 2, "eval_mode": "eval"},
+                  "test": {"loss": 1 - accuracy, "accuracy": correct / SUPPORT,
+                           "per_class": [{"class": c, "correct": correct, "support": SUPPORT,
+                                          "accuracy": correct / SUPPORT} for c in range(10)],
+                           "confusion": confusion}}
+    return {**started, **record.outcome(result), "training": record.training([cell], 1.5), "wall_seconds": 1.5}
 
 
 def store_runs(grid, results, accuracies: dict, statuses: dict | None = None) -> dict:

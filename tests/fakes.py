@@ -1,13 +1,12 @@
 """A trainer for executor and claim tests (`RunOptions(trainer=fakes.instant)`): it answers in
 milliseconds with results shaped as `train.train_unit`'s, so scheduling, claims, retries and the
-executors are tested without training. It is a module-level function, so spawned and Ray workers
-import it by name (pytest puts tests/ on their sys.path too).
+executors are tested without training. It is a module-level function, so spawned workers import
+it by name (pytest puts tests/ on their sys.path), and the tests of the ray executor send it to
+Ray's workers by value (`ray.cloudpickle.register_pickle_by_value`).
 """
 from __future__ import annotations
 
 import hashlib
-import os
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -16,9 +15,6 @@ from ablatrix.config import RunConfig
 from ablatrix.data import Splits
 from ablatrix.evaluation import Execution, classification_metrics
 from ablatrix.loop import Checkpoint, OnEpoch
-
-CALLS = "ABLATRIX_TEST_CALLS"  # a file every call appends its first cell's run id to, from any process
-
 
 def accuracy_of(config: RunConfig) -> float:
     """A test accuracy that depends only on the training and how it is measured (as a real one does)."""
@@ -29,9 +25,6 @@ def accuracy_of(config: RunConfig) -> float:
 def instant(configs: Sequence[RunConfig], data: Splits, device: torch.device, execution: Execution,
             on_epoch: OnEpoch, checkpoint: Checkpoint | None) -> list[Any]:
     """Per config a result and its weights, after calling `on_epoch` for every epoch of every member."""
-    if CALLS in os.environ:
-        with Path(os.environ[CALLS]).open("a") as log:
-            log.write(f"{configs[0].run_id} {os.getpid()}\n")
     shared = len({c.training_id for c in configs}) == 1
     for epoch in range(1, configs[0].train.epochs + 1):
         for b in range(1 if shared else len(configs)):

@@ -93,10 +93,11 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
 
 
 @pytest.mark.slow
+# SIGTERM is handled once, in the runner's main process (a sequential runner's is the same code as
+# a 2-worker one's parent), so the 2-worker case covers it; SIGINT reaches workers too, so both.
 @pytest.mark.parametrize("executor, stop", [(["--workers", "1"], "int"), (["--workers", "2"], "int"),
-                                            (["--executor", "ray"], "int"), (["--workers", "1"], "term"),
-                                            (["--workers", "2"], "term")],
-                         ids=["sequential", "2-workers", "ray", "sequential-sigterm", "2-workers-sigterm"])
+                                            (["--executor", "ray"], "int"), (["--workers", "2"], "term")],
+                         ids=["sequential", "2-workers", "ray", "2-workers-sigterm"])
 def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor, stop):
     """SIGINT to a real `ablatrix run` (its process group, as a terminal sends it) exits 130 with a
     message, SIGTERM to the runner alone (as `docker stop` sends it) 143; either way every saved
@@ -216,8 +217,8 @@ def test_list_and_run_count_the_distinct_trainings(write_grid, tmp_path, capsys)
 
 @pytest.mark.slow
 def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
-    """kill -9 of the runner at random moments inside one training, three times: the next run resumes
-    each time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
+    """kill -9 of the runner at random moments inside one training, twice: the next run resumes each
+    time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 200")
                       + 'train.eval_mode = ["eval", "train"]\n', name="long.toml")
     args = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
@@ -230,7 +231,7 @@ def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(w
     checkpoints, rng = tmp_path / "res" / "tiny" / "checkpoints", random.Random(0)
     def written() -> float:  # when the checkpoint was last written, 0 if there is none
         return max((p.stat().st_mtime_ns for p in checkpoints.glob("*.pt")), default=0)
-    for kill in range(3):
+    for kill in range(2):
         before = written()
         proc = runner(grid, tmp_path / "res", *args)
         deadline = time.monotonic() + 120
@@ -248,7 +249,7 @@ def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(w
     assert sorted(stored) == sorted(twins)
     for run_id, record in stored.items():
         resumed = record["resumed_after_epochs"]
-        assert len(resumed) == 3 and resumed == sorted(resumed)
+        assert len(resumed) == 2 and resumed == sorted(resumed)
         for key in ("test", "best_epoch", "epochs_trained"):
             assert record[key] == twins[run_id][key]
         assert [{k: v for k, v in row.items() if k != "seconds"} for row in record["history"]] == \

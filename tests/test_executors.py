@@ -21,7 +21,6 @@ import ablatrix
 from ablatrix.errors import AblatrixError
 from ablatrix.cores import available_cores
 from ablatrix.executors import executor_for, local, run_grids
-from ablatrix.record import cell_record
 from ablatrix.runner import RunOptions, resolve_device, run_unit
 from ablatrix.scheduling import pending
 from ablatrix.report import write_report
@@ -31,10 +30,12 @@ from ablatrix.packed import pack_id
 from ablatrix.evaluation import evaluate
 from ablatrix.train import train_unit
 from ablatrix.store import ResultStore
-from conftest import TINY_GRID, dead_pid
+from conftest import TINY_GRID, dead_pid, fabricate
+import fakes
 from fakes import instant
 
 OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
+RAY = replace(OPTIONS, executor="ray")
 
 
 @pytest.fixture
@@ -86,8 +87,7 @@ def test_the_next_run_removes_the_dead_claim_of_a_done_cell(write_grid, tmp_path
     (cell,) = grid.cells
     store = ResultStore(tmp_path, grid.name)
     if stored:
-        store.put({**cell_record(cell), "status": stored, "error": "x", "history": [], "best_epoch": 0,
-                   "epochs_trained": 0, "test": {}, "wall_seconds": 0})
+        store.put(fabricate(cell, 0.5, stored))
     store.runs_dir.mkdir(parents=True, exist_ok=True)
     pid = os.getpid() if owner == "live" else dead_pid()
     store.lock_path(cell.run_id).write_text(json.dumps({"host": socket.gethostname(), "pid": pid, "since": 0}))
@@ -168,6 +168,20 @@ def test_two_worker_processes_give_the_same_records_as_one(write_grid, tmp_path,
         assert strip_timing(one[run_id]) == strip_timing(two[run_id])
 
 
+@pytest.mark.parametrize("options", [replace(OPTIONS, workers=2), RAY], ids=["workers", "ray"])
+def test_the_trainer_of_the_options_reaches_every_worker(write_grid, tmp_path, options):
+    """The trainer named in the options is what spawned workers and Ray tasks call: every cell's record
+    holds the fake's accuracy for its config (no real training gives those), each written once."""
+    grid = load_grid(write_grid(), ["seeds=[0, 1, 2]"])
+    summary = run_grids([grid], tmp_path, replace(options, trainer=instant))
+    assert (summary.trained, summary.failed, summary.trainings) == (6, 0, 6)
+    records = ResultStore(tmp_path, grid.name).records()
+    assert sorted(records) == sorted(c.run_id for c in grid.cells)
+    for cell in grid.cells:  # within one of the test set's 360 images
+        assert records[cell.run_id]["test"]["accuracy"] == pytest.approx(fakes.accuracy_of(cell.config), abs=0.003)
+        assert records[cell.run_id]["execution"]["executor"] == options.executor
+
+
 def test_workers_import_the_grids_plugins(write_grid, tmp_path):
     """A model registered by a grid's plugin file also exists in the worker processes."""
     from test_spec import PLUGIN
@@ -198,6 +212,7 @@ def test_packs_train_each_cell_once_as_its_own_run(write_grid, tmp_path, options
     """The tiny grid's seeds pack in twos (batchnorm changes shapes); each cell gets its own record that
     names its pack, the ids are the unpacked run's, and a second run trains nothing."""
     grid = load_grid(write_grid())
+    options = replace(options, trainer=instant)  # what a pack trains is test_packed's
     summary = run_grids([grid], tmp_path, options)
     assert (summary.trained, summary.failed) == (4, 0)
     records = ResultStore(tmp_path, grid.name).records()
@@ -238,7 +253,30 @@ def test_cells_that_cannot_fuse_train_unpacked_saying_so_once(write_grid, tmp_pa
 
 # --- the ray executor (a real local Ray on the CPU) and workers that die -----------------------
 
-RAY = replace(OPTIONS, executor="ray")
+
+
+@pytest.fixture(autouse=True)
+def ray_as_the_test_needs(request):
+    """Tests of the ray executor share one local Ray of 2 CPUs (marked `shared_ray`, or given ray
+    options): each start costs seconds. Tests that watch the executor start and stop its own Ray
+    (marked `starts_ray`) begin without one. The fake trainer reaches Ray's workers by value."""
+    import ray
+    callspec = getattr(request.node, "callspec", None)
+    options = callspec.params.get("options") if callspec else None
+    if request.node.get_closest_marker("starts_ray") is not None:
+        ray.shutdown()
+    elif request.node.get_closest_marker("shared_ray") is not None or getattr(options, "executor", "") == "ray":
+        if not ray.is_initialized():
+            ray.shutdown()  # a worker left connected (a test's stand-in for `ray` can hide it)
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
+            ray.cloudpickle.register_pickle_by_value(fakes)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def no_ray_after_this_module():
+    yield
+    import ray
+    ray.shutdown()
 
 FAULTY = """
 import os
@@ -268,6 +306,7 @@ class Faulty(nn.Module):
 """
 
 
+@pytest.mark.starts_ray
 def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, tmp_path, monkeypatch):
     """On a local Ray (1 CPU per cell) every unclaimed cell trains once, with the sequential numbers."""
     import ray
@@ -292,8 +331,11 @@ def test_ray_gives_the_sequential_records_and_leaves_claimed_cells(write_grid, t
     assert [p.stem for p in store.runs_dir.glob("*.lock")] == [taken]  # its own claims released
 
 
+@pytest.mark.shared_ray
 def test_ray_claims_cells_only_as_it_submits_them(write_grid, tmp_path, monkeypatch):
-    """On a 2-CPU Ray (the caller's) at most 2 x 2 cells are claimed at once, so other runners can share the rest."""
+    """On a 2-CPU Ray (the caller's) at most 2 x 2 cells are claimed at once, so other runners can share
+    the rest; a Ray the caller started is left running."""
+    import ray
     grid = load_grid(write_grid(), ["seeds=[0, 1, 2, 3]", "train.epochs=1"])
     held, claim = [], ResultStore.claim
 
@@ -301,13 +343,8 @@ def test_ray_claims_cells_only_as_it_submits_them(write_grid, tmp_path, monkeypa
         held.append(len(list(store.runs_dir.glob("*.lock"))))
         return claim(store, run_id)
     monkeypatch.setattr(ResultStore, "claim", counting_claim)
-    import ray
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", configure_logging=False)
-    try:
-        summary = run_grids([grid], tmp_path, RAY)
-        assert ray.is_initialized()  # a Ray the caller started is left running
-    finally:
-        ray.shutdown()
+    summary = run_grids([grid], tmp_path, replace(RAY, trainer=instant))
+    assert ray.is_initialized()
     assert (summary.trained, len(held)) == (8, 8)
     assert max(held) <= 3  # the 4th claim in flight sees 3 others, never all 8
     assert len(ResultStore(tmp_path, grid.name).records()) == 8
@@ -318,7 +355,7 @@ def faulty_grid(write_grid, tmp_path):
     from ablatrix.models import MODELS
     (tmp_path / "faulty.py").write_text(FAULTY)
     yield load_grid(write_grid('name = "faulty"\nplugins = ["faulty.py"]\ndatasets = ["digits"]\n'
-                               'seeds = [0, 1]\n[train]\nepochs = 1\n[model]\nname = "faulty"\n'
+                               'seeds = [0]\n[train]\nepochs = 1\n[model]\nname = "faulty"\n'
                                '[axes]\nmodel.fault = ["none", "nan", "exit", "exit-once"]\n'))
     del MODELS["faulty"]
 
@@ -334,22 +371,23 @@ def test_a_nan_loss_and_a_dead_worker_are_failed_records(faulty_grid, tmp_path, 
     """A NaN loss fails its cell at once; a cell whose worker dies on every attempt fails after the
     retries, with the reason; the grid goes on."""
     summary = run_grids([faulty_grid], tmp_path, replace(options, max_retries=1))
-    assert (summary.trained, summary.failed) == (4, 4)
+    assert (summary.trained, summary.failed) == (2, 2)
     records = ResultStore(tmp_path, "faulty").records().values()
-    by_fault = {f: [r for r in records if r["axes"]["model.fault"] == f] for f in ("none", "nan", "exit", "exit-once")}
-    assert [r["status"] for r in by_fault["none"]] == ["done", "done"]
-    assert all(r["status"] == "failed" and r["error"].startswith("TrainingDiverged") and r["attempts"] == 1
-               for r in by_fault["nan"])
-    assert all(r["status"] == "failed" and r["error"].startswith(died) for r in by_fault["exit"])
-    assert all(r["attempts"] == 2 and r["system_failures"][0].startswith(died) for r in by_fault["exit"])
-    assert all(r["status"] == "done" and r["attempts"] == 2 and len(r["system_failures"]) == 1
-               for r in by_fault["exit-once"])
+    fine, nan, exit, exit_once = ([r for r in records if r["axes"]["model.fault"] == f]
+                                  for f in ("none", "nan", "exit", "exit-once"))
+    assert fine[0]["status"] == "done" and len(fine) == 1
+    (nan,), (exit,), (exit_once,) = nan, exit, exit_once
+    assert nan["status"] == "failed" and nan["error"].startswith("TrainingDiverged") and nan["attempts"] == 1
+    assert exit["status"] == "failed" and exit["error"].startswith(died)
+    assert exit["attempts"] == 2 and exit["system_failures"][0].startswith(died)
+    assert exit_once["status"] == "done" and exit_once["attempts"] == 2 and len(exit_once["system_failures"]) == 1
     assert all(r["execution"]["executor"] == options.executor for r in records)
     assert not list(tmp_path.rglob("*.lock"))
     report = write_report([faulty_grid], tmp_path).read_text()  # a lost worker's record has no device
-    assert all(f"`{r['run_id']}` base digits seed {r['seed']}: {died}" in report for r in by_fault["exit"])
+    assert f"`{exit['run_id']}` base digits seed 0: {died}" in report
 
 
+@pytest.mark.starts_ray
 def test_ray_refuses_a_gpu_share_the_cluster_lacks(write_grid, tmp_path):
     """--gpus-per-run on a CPU-only Ray stops before any cell is claimed or trained."""
     import ray
@@ -435,10 +473,11 @@ class Cluster:
     ids: dict[str, str]  # "head" / "node2" -> Ray node id
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def ray_cluster():
     """A Ray head (resource `head`) and a second node (resource `node2`), 1 CPU each, as separate
-    processes; every process of both is killed afterwards, whatever the test did."""
+    processes, shared by the tests below in their order (the last one kills the second node; each
+    start costs about 10 s); every process of both is killed afterwards, whatever the tests did."""
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     address = f"127.0.0.1:{RAY_PORT}"
     nodes = [ray_start(env, "--head", f"--port={RAY_PORT}", "--include-dashboard=false",
@@ -682,7 +721,7 @@ def test_local_workers_live_across_runs_of_one_executor(write_grid, tmp_path):
     which exit when it closes."""
     grid = load_grid(write_grid())
     todo = pending([grid], tmp_path)
-    with executor_for([grid], replace(OPTIONS, workers=2)) as executor:
+    with executor_for([grid], replace(OPTIONS, workers=2, trainer=instant)) as executor:
         assert executor.run(todo[:2]).trained == 2
         pids = [slot.process.pid for slot in executor.slots]
         assert executor.run(todo[2:]).trained == 2

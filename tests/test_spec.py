@@ -8,7 +8,9 @@ import pytest
 
 from ablatrix.errors import AblatrixError
 from ablatrix.models import MODELS
-from ablatrix.spec import load_grid, parse_override
+from ablatrix.data import DATASETS
+from ablatrix.environment import Environment
+from ablatrix.spec import expand, load_grid, parse_grid, parse_override
 
 from conftest import TINY_GRID
 
@@ -287,3 +289,28 @@ def test_a_reference_on_another_model_is_refused(write_grid):
     """A reference whose params differ from a matching cell's is one clear error."""
     with pytest.raises(AblatrixError, match="references\\[0\\] is for a model of 1,000 parameters, but"):
         load_grid(write_grid(REFERENCED.replace("value = 98.5", "value = 98.5\nparams = 1000")))
+
+
+def test_parsing_a_grid_imports_nothing_and_reads_no_data(write_grid, tmp_path):
+    """parse_grid checks the file alone: a plugin that fails on import and a dataset folder that is
+    not there are the environment's, named in it; preparing it (load_grid) stops on each in one line."""
+    (tmp_path / "broken.py").write_text("raise RuntimeError('imported')\n")
+    path = write_grid('name = "pure"\nplugins = ["broken.py"]\ndatasets = ["folder:missing", "digits"]\n'
+                      'seeds = [0]\n[model]\nconv = [4]\n')
+    spec = parse_grid(path)
+    assert spec.environment == Environment((str(tmp_path / "broken.py"),),
+                                           (("folder:missing", str(tmp_path / "missing")),))
+    assert "folder:missing" not in DATASETS  # and the plugin was not imported: it raises
+    with pytest.raises(AblatrixError, match=r"grid.toml: plugins: cannot import .*broken.py.*RuntimeError: imported"):
+        load_grid(path)
+    with pytest.raises(AblatrixError, match=r"grid.toml: datasets: dataset 'folder:missing': .*missing does not exist"):
+        Environment((), spec.environment.sources).prepare(f"{path}: ")
+
+
+def test_expanding_a_parsed_grid_gives_the_cells_load_grid_gives(write_grid):
+    """load_grid is parse_grid, the environment prepared, and expand: the same cells and run ids."""
+    path = write_grid()
+    spec = parse_grid(path, ["train.epochs=3"])
+    grid = expand(spec, spec.environment.prepare())
+    assert [c.run_id for c in grid.cells] == [c.run_id for c in load_grid(path, ["train.epochs=3"]).cells]
+    assert len(grid.cells) == 4 and grid.environment == Environment()

@@ -112,12 +112,12 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .adaptive import run_until_decided
     from .executors import run_grids
     grids = _grids(args)
     if args.max_cells is not None and not args.until_decided:
         raise AblatrixError("--max-cells goes with --until-decided")
     if args.until_decided:
+        from .adaptive import run_until_decided  # the statistics: a second of imports a plain run skips
         if args.max_cells is not None and args.max_cells < 0:
             raise AblatrixError("--max-cells takes an integer >= 0")
         outcome = run_until_decided(grids, args.results, _run_options(args), args.max_cells)

@@ -18,14 +18,14 @@ from tqdm import tqdm
 from . import record
 from .claims import Claims
 from .data import Splits, load_splits
-from .sources import register_named
+from .environment import Environment
 from .errors import AblatrixError
 from .evaluation import Execution
 from .loop import Checkpoint, OnEpoch, Row
 from .packed import pack_id
 from .record import Record
 from .scheduling import Job, Unit, one_training
-from .spec import Cell, import_plugins
+from .spec import Cell
 from .store import ResultStore
 from .train import Measured, train_unit
 
@@ -49,8 +49,7 @@ class RunOptions:
     address: str | None = None  # ray: the cluster to join; None starts a local Ray
     gpus_per_run: float = 0.0  # ray: GPU share each cell requests (0: CPU cells)
     cpus_per_run: int = 1  # ray: CPUs each cell requests, and its torch threads
-    plugins: tuple[str, ...] = ()  # imported by worker processes, which start with built-ins only
-    sources: tuple[tuple[str, str], ...] = ()  # datasets named by path (`Grid.sources`), read by workers too
+    environment: Environment = Environment()  # the grids' plugins and datasets by path, for worker processes
     retry_failed: bool = False  # train cells whose record says `failed` again
     max_retries: int = 2  # times a cell is trained again after its worker process or node died
     pack: int = 1  # local: train up to this many cells of one shape as one fused model; 0: auto
@@ -89,14 +88,6 @@ def resolve_device(name: str | None) -> torch.device:
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise AblatrixError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
     return device
-
-
-def prepare_worker(options: RunOptions) -> None:
-    """What a new worker process needs before training: spawned and Ray processes start with only the
-    built-in registries."""
-    import_plugins(options.plugins)
-    for name, path in options.sources:
-        register_named(name, path)
 
 
 def unit_checkpoint(cells: Sequence[Cell], store: ResultStore | None, options: RunOptions) -> Path | None:

@@ -6,9 +6,6 @@ Every error names the file, the field, the bad value and what is allowed.
 """
 from __future__ import annotations
 
-import hashlib
-import importlib
-import importlib.util
 import itertools
 import json
 import re
@@ -21,7 +18,8 @@ from typing import Any, Iterable
 from .config import CONFIDENCE, MARGIN, ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS, SAMPLERS
 from . import datasets as _built_in  # noqa: F401  (registers the built-in datasets, which grids name)
-from .sources import SOURCES, parse_source, register_named
+from .environment import Environment
+from .sources import SOURCES, parse_source
 from .errors import AblatrixError
 from .models import check_model, create_model, resolve_params
 from .optim import check_training
@@ -100,12 +98,11 @@ class Grid:
     axes: dict[str, list[Any]]
     variants: tuple[str, ...]
     cells: tuple[Cell, ...]
-    plugins: tuple[str, ...]  # resolved; worker processes import them too
+    environment: Environment  # its plugins and datasets by path: worker processes prepare it too
     references: tuple[Reference, ...] = ()
     report: ReportSettings = ReportSettings()
     extra_seeds: tuple[int, ...] = ()  # seeds `run --until-decided` may add, up to max_seeds in all
     extra_cells: tuple[Cell, ...] = ()  # the cells of those seeds: trained only where needed
-    sources: tuple[tuple[str, str], ...] = ()  # datasets named by kind: (name, absolute path or ""), for workers
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -199,27 +196,6 @@ def resolve_plugins(plugins: Any, path: Path) -> tuple[str, ...]:
     return tuple(str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins)
 
 
-def import_plugins(plugins: Iterable[str], where: str = "plugins") -> None:
-    """Import modules (dotted names, or .py paths) that register models or datasets, once each."""
-    for plugin in plugins:
-        try:
-            if plugin.endswith(".py"):
-                name = f"ablatrix_plugin_{hashlib.sha1(plugin.encode()).hexdigest()[:10]}"
-                if name not in sys.modules:
-                    module_spec = importlib.util.spec_from_file_location(name, plugin)
-                    module = importlib.util.module_from_spec(module_spec)
-                    sys.modules[name] = module
-                    try:
-                        module_spec.loader.exec_module(module)
-                    except BaseException:
-                        del sys.modules[name]
-                        raise
-            else:
-                importlib.import_module(plugin)
-        except Exception as exc:
-            raise AblatrixError(f"{where}: cannot import {plugin!r}: {type(exc).__name__}: {exc}") from None
-
-
 def _list_of(where: str, key: str, value: Any, kind: type, allowed: str) -> list:
     if not (isinstance(value, list) and value and all(_type_ok(v, kind) for v in value)):
         _fail(where, f"{key} = {value!r} is not allowed; expected {allowed}")
@@ -242,8 +218,40 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
+@dataclass(frozen=True)
+class GridSpec:
+    """A grid file as parsed and checked on its own: nothing imported, registered or read."""
+
+    name: str
+    path: Path
+    description: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    extra_seeds: tuple[int, ...]
+    base: dict[str, Any]  # the train and model tables
+    axes: dict[str, list[Any]]
+    variants: dict[str, dict[str, Any]]  # the base among them
+    exclude: tuple[dict[str, Any], ...]  # as written, and flattened in `rules`
+    rules: tuple[dict[str, Any], ...]
+    references: tuple[Reference, ...]
+    report: ReportSettings
+    environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+
 def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
-    """Read, override, validate and expand one grid file; raise AblatrixError on any bad input."""
+    """Read, override, validate and expand one grid file in this process's environment (its
+    plugins imported, its datasets by path read); raise AblatrixError on any bad input."""
+    spec = parse_grid(path, overrides)
+    return expand(spec, spec.environment.prepare(f"{spec.where}: "))
+
+
+def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
+    """Read, override and check one grid file on its own (TOML, fields, axes, variants, exclusions,
+    references, report settings); raise AblatrixError on any bad input."""
     path = Path(path)
     where = str(path)
     doc = _read(path)
@@ -261,20 +269,12 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     if not isinstance(description, str):
         _fail(where, f"description = {description!r} is not allowed; expected a string")
     plugins = resolve_plugins(doc.get("plugins", []), path)
-    import_plugins(plugins, f"{where}: plugins")
     datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
-    sources, hashes = {}, {}
+    sources = {}
     for dataset in datasets:
         source = parse_source(dataset)
         if source is not None or dataset.startswith("torchvision:"):
             sources[dataset] = str((path.parent / source[1]).resolve()) if source else ""
-            try:
-                hashes[dataset] = register_named(dataset, sources[dataset])
-            except AblatrixError as exc:
-                _fail(where, f"datasets: {exc}")
-        elif dataset not in DATASETS:
-            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
-                         f"data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}, or torchvision:NAME")
     seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
     if min(seeds) < 0:
         _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
@@ -321,7 +321,21 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
 
     references = _references(doc.get("references", []), axes, where)
     report = build_dataclass(ReportSettings, _table(where, "report", doc.get("report", {})), where, "report.")
+    return GridSpec(name, path, description, tuple(datasets), tuple(seeds), tuple(extra_seeds), base, axes, variants,
+                    tuple(exclude), tuple(rules), references, report, Environment(plugins, tuple(sources.items())))
 
+
+def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
+    """A parsed grid's cells, in an environment where its plugins are imported and its datasets
+    named by path registered (`hashes`: their content hashes, part of their runs' identity).
+    What needs the registries is checked here: dataset and model names, optimisers, schedules,
+    shapes (a stack of layers that shrinks the input to nothing)."""
+    where, name, axes, variants, rules = spec.where, spec.name, spec.axes, spec.variants, spec.rules
+    seeds, datasets, base = spec.seeds, spec.datasets, spec.base
+    for dataset in datasets:
+        if dataset not in hashes and dataset not in DATASETS:
+            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
+                         f"data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}, or torchvision:NAME")
     combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
     resolved = {}
     for vname, table in variants.items():
@@ -351,7 +365,7 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
     n_params: dict[tuple[str, str], int] = {}
     cells: dict[str, Cell] = {}
     used_rules = set()
-    for seed, dataset, (vname, i) in itertools.product([*seeds, *extra_seeds], datasets, resolved):
+    for seed, dataset, (vname, i) in itertools.product([*seeds, *spec.extra_seeds], datasets, resolved):
         context, train, model = resolved[vname, i]
         facts = cell_facts(vname, dataset, seed, combos[i])
         matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
@@ -374,12 +388,12 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
         cells[cell.run_id] = cell
     for r in range(len(rules)):
         if r not in used_rules:
-            _fail(where, f"exclude[{r}] = {exclude[r]!r} matches no cell")
+            _fail(where, f"exclude[{r}] = {spec.exclude[r]!r} matches no cell")
     extra = tuple(c for c in cells.values() if c.config.seed not in seeds)
     cells = {k: c for k, c in cells.items() if c.config.seed in seeds}
     if not cells:
         _fail(where, "every cell is excluded")
-    for i, ref in enumerate(references):
+    for i, ref in enumerate(spec.references):
         # A reference for a dataset left out (e.g. by --set datasets=...) simply has no runs.
         if ref.match.get("dataset", datasets[0]) in datasets and not any(
                 ref.matches(c.facts) for c in cells.values()):
@@ -388,9 +402,8 @@ def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
         if wrong:
             _fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
                          f"has {wrong[0].params:,}: the published number would sit beside another model")
-    return Grid(name, path, description, tuple(datasets), tuple(seeds), axes, tuple(variants),
-                tuple(cells.values()), plugins, references, report, tuple(extra_seeds), extra,
-                tuple(sources.items()))
+    return Grid(name, spec.path, spec.description, datasets, seeds, axes, tuple(variants), tuple(cells.values()),
+                spec.environment, spec.references, spec.report, spec.extra_seeds, extra)
 
 
 def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
 
 from ..data import DATASETS
+from ..environment import Environment
 from ..registry import Registry
 from ..runner import RunOptions
 from ..scheduling import Summary, Todo, pending, trainings
@@ -33,16 +34,10 @@ EXECUTORS.register("local")(LocalExecutor)
 EXECUTORS.register("ray")(RayExecutor)
 
 
-def with_plugins(grids: Sequence[Grid], options: RunOptions) -> RunOptions:
-    """`options` carrying the grids' plugins and datasets named by path, which worker processes
-    import and read (`runner.prepare_worker`)."""
-    return replace(options, plugins=tuple(dict.fromkeys(p for g in grids for p in g.plugins)),
-                   sources=tuple(dict.fromkeys(s for g in grids for s in g.sources)))
-
-
 def executor_for(grids: Sequence[Grid], options: RunOptions) -> Executor:
-    """The executor `options.executor` names, its workers carrying the grids' plugins."""
-    return EXECUTORS.lookup(options.executor)(with_plugins(grids, options))
+    """The executor `options.executor` names, its workers preparing the grids' environment."""
+    environment = Environment.joined([g.environment for g in grids])
+    return EXECUTORS.lookup(options.executor)(replace(options, environment=environment))
 
 
 def run_grids(grids: Sequence[Grid], results: Path, options: RunOptions, executor: Executor | None = None) -> Summary:

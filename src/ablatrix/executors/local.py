@@ -19,7 +19,7 @@ import torch
 
 from ..cores import Runner, threads_for
 from ..progress import PROGRESS_SECONDS, Progress
-from ..runner import RunOptions, after_death, prepare_worker, run_claimed, store_record
+from ..runner import RunOptions, after_death, run_claimed, store_record
 from ..scheduling import Summary, Todo, Unit, one_training, units
 
 
@@ -44,7 +44,7 @@ def _worker(conn: Connection, device: str, workers: int, options: RunOptions) ->
     None, each with its share of the CPU threads (`cores.threads_for`) as the unit starts."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
-    prepare_worker(options)
+    options.environment.prepare()
     options = replace(options, device=torch.device(device))
     while (unit := conn.recv()) is not None:
         torch.set_num_threads(threads_for(workers) if options.device.type == "cpu" else 1)

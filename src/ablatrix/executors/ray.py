@@ -19,7 +19,7 @@ from ..errors import AblatrixError
 from ..loop import Checkpoint
 from ..progress import PROGRESS_SECONDS, Progress
 from ..record import Record, lost
-from ..runner import RunOptions, Weights, after_death, prepare_worker, run_unit, store_record, unit_checkpoint
+from ..runner import RunOptions, Weights, after_death, run_unit, store_record, unit_checkpoint
 from ..scheduling import Summary, Todo, Unit, units
 from ..spec import Cell
 
@@ -30,7 +30,7 @@ def _ray_unit(cells: Sequence[Cell], options: RunOptions, earlier: Sequence[tupl
               ) -> list[tuple[Record, Weights | None]]:
     """A unit inside a Ray worker, on the GPU share Ray assigned (it sets CUDA_VISIBLE_DEVICES)."""
     import ray
-    prepare_worker(options)
+    options.environment.prepare()
     torch.set_num_threads(options.cpus_per_run)
     options = replace(options, device=torch.device("cuda" if options.gpus_per_run else "cpu"))
     results = run_unit(cells, options, earlier=earlier, checkpoint=unit_checkpoint(cells, None, options))
