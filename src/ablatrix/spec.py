@@ -89,20 +89,47 @@ class ReportSettings:
 
 
 @dataclass(frozen=True)
-class Grid:
+class GridSpec:
+    """A grid file as parsed and checked on its own: nothing imported, registered or read."""
+
     name: str
     path: Path
     description: str
     datasets: tuple[str, ...]
     seeds: tuple[int, ...]
+    extra_seeds: tuple[int, ...]
+    base: dict[str, Any]  # the train and model tables
     axes: dict[str, list[Any]]
-    variants: tuple[str, ...]
+    variants: dict[str, dict[str, Any]]  # the base among them
+    exclude: tuple[dict[str, Any], ...]  # as written, and flattened in `rules`
+    rules: tuple[dict[str, Any], ...]
+    references: tuple[Reference, ...]
+    report: ReportSettings
+    environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
+
+    @property
+    def where(self) -> str:
+        return str(self.path)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A parsed grid expanded into its cells (`expand`); its other fields are its spec's."""
+
+    spec: GridSpec
     cells: tuple[Cell, ...]
-    environment: Environment  # its plugins and datasets by path: worker processes prepare it too
-    references: tuple[Reference, ...] = ()
-    report: ReportSettings = ReportSettings()
-    extra_seeds: tuple[int, ...] = ()  # seeds `run --until-decided` may add, up to max_seeds in all
-    extra_cells: tuple[Cell, ...] = ()  # the cells of those seeds: trained only where needed
+    extra_cells: tuple[Cell, ...] = ()  # the cells of the seeds `run --until-decided` may add, where needed
+
+    name = property(lambda self: self.spec.name)
+    path = property(lambda self: self.spec.path)
+    description = property(lambda self: self.spec.description)
+    datasets = property(lambda self: self.spec.datasets)
+    seeds = property(lambda self: self.spec.seeds)
+    extra_seeds = property(lambda self: self.spec.extra_seeds)
+    axes = property(lambda self: self.spec.axes)
+    references = property(lambda self: self.spec.references)
+    report = property(lambda self: self.spec.report)
+    environment = property(lambda self: self.spec.environment)
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -216,30 +243,6 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
             merged.get(key), dict) else value
     return merged
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """A grid file as parsed and checked on its own: nothing imported, registered or read."""
-
-    name: str
-    path: Path
-    description: str
-    datasets: tuple[str, ...]
-    seeds: tuple[int, ...]
-    extra_seeds: tuple[int, ...]
-    base: dict[str, Any]  # the train and model tables
-    axes: dict[str, list[Any]]
-    variants: dict[str, dict[str, Any]]  # the base among them
-    exclude: tuple[dict[str, Any], ...]  # as written, and flattened in `rules`
-    rules: tuple[dict[str, Any], ...]
-    references: tuple[Reference, ...]
-    report: ReportSettings
-    environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
-
-    @property
-    def where(self) -> str:
-        return str(self.path)
 
 
 def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
@@ -402,8 +405,7 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
         if wrong:
             _fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
                          f"has {wrong[0].params:,}: the published number would sit beside another model")
-    return Grid(name, spec.path, spec.description, datasets, seeds, axes, tuple(variants), tuple(cells.values()),
-                spec.environment, spec.references, spec.report, spec.extra_seeds, extra)
+    return Grid(spec, tuple(cells.values()), extra)
 
 
 def cell_facts(variant: str, dataset: str, seed: int, axes: dict[str, Any]) -> dict[str, Any]:
