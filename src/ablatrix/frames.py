@@ -14,6 +14,7 @@ from typing import Any, Sequence
 import pandas as pd
 
 from .data import DATASETS
+from .record import tested_of
 from .spec import Grid, axis_value
 from .store import ResultStore, atomic_write_text
 
@@ -47,15 +48,11 @@ def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *METRIC_COLUMNS])
 
 
-def tested_epoch(record: dict[str, Any]) -> dict[str, float] | None:
-    """The history row of the weights that were tested: the best epoch's, or with
-    `restore_best = false` the last one's. Its train accuracy is measured during that epoch
-    (dropout on, weights changing), as training loops usually log it."""
-    if not record["history"]:
-        return None
-    if record["config"]["train"].get("restore_best", True):
-        return record["history"][record["best_epoch"] - 1] if record["best_epoch"] else None
-    return record["history"][-1]
+def tested_epoch(rec: dict[str, Any]) -> dict[str, float] | None:
+    """The history row of the weights that were tested (`record.tested_of`). Its train accuracy is
+    measured during that epoch (dropout on, weights changing), as training loops usually log it."""
+    epoch = tested_of(rec)["epoch"]
+    return rec["history"][epoch - 1] if epoch else None
 
 
 def per_class_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:

@@ -57,6 +57,18 @@ def migrated(record: Record) -> Record | None:
     return {**record, "run_id": run_id, "schema": SCHEMA}
 
 
+def tested_of(rec: Record) -> dict[str, Any]:
+    """Which weights a done record tested, of which epoch, in which mode: its `tested`, or for a
+    record written before records said so, what its config implies (the best epoch's weights with
+    `restore_best`, else the last epoch's)."""
+    if "tested" in rec:
+        return rec["tested"]
+    train = rec["config"]["train"]
+    mode, restored = train.get("eval_mode", "eval"), train.get("restore_best", True)
+    return {"weights": f"best-{mode}" if restored else "final",
+            "epoch": rec["best_epoch"] if restored else rec["epochs_trained"], "eval_mode": mode}
+
+
 def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> Record:
     """The part of a record that says which cell it is, and how many attempts it took (`earlier`:
     the system failures, a dead worker or node, of the attempts before)."""
