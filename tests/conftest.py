@@ -48,7 +48,8 @@ SUPPORT = 36  # test examples per class in fabricated records
 
 def fabricate(cell, accuracy: float, status: str = "done") -> dict:
     """A stored record built as the runner builds it (`record`), with hand-chosen metrics (every
-    class alike): trained 3 epochs, tested with the best weights, of epoch 2."""
+    class alike): trained 3 epochs, tested with the best weights (epoch 2), or the last epoch's
+    without restore_best."""
     started = record.started(cell, (), torch.device("cpu"), {"executor": "local", "workers": 1},
                              datetime(2026, 1, 1, tzinfo=timezone.utc))
     if status == "failed":
@@ -59,8 +60,10 @@ def fabricate(cell, accuracy: float, status: str = "done") -> dict:
                      for i in range(10)]
         history = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.3 * e, "val_loss": 1.2 / e,
                     "val_accuracy": 0.25 * e, "seconds": 0.1} for e in (1, 2, 3)]
+        train = cell.config.train
+        tested = ({"weights": f"best-{train.eval_mode}", "epoch": 2} if train.restore_best else {"weights": "final", "epoch": 3})
         result = {"params": cell.params, "history": history, "best_epoch": 2, "epochs_trained": 3,
-                  "tested": {"weights": "best-eval", "epoch": 2, "eval_mode": "eval"},
+                  "tested": {**tested, "eval_mode": train.eval_mode},
                   "test": {"loss": 1 - accuracy, "accuracy": correct / SUPPORT,
                            "per_class": [{"class": c, "correct": correct, "support": SUPPORT,
                                           "accuracy": correct / SUPPORT} for c in range(10)],
