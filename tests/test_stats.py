@@ -8,10 +8,8 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from ablatrix.boundaries import Design, spent, z_boundaries
-from ablatrix.multiplicity import adjusted_level, benjamini_hochberg, holm
-from ablatrix.config import CONFIDENCE
-from ablatrix.stats import (decide, interaction_deltas, interval, look_floors, mark_best, outliers,
+from ablatrix.boundaries import Design
+from ablatrix.stats import (decide, interaction_deltas, look_floors, mark_best, outliers,
                             paired_deltas, per_seed, probability_of_improvement, seed_summary, seeds_needed,
                             spread_floor, summarize, summarize_deltas, t_interval, t_test_p, verdict, wilson)
 
@@ -128,44 +126,6 @@ def test_probability_of_improvement_resamples_seeds_and_says_how_little_three_ag
     assert math.isnan(probability_of_improvement([1.0, 2.0], [0, 0])[1])
 
 
-def test_holm_by_hand():
-    """Sorted p times (m - rank + 1), made monotone, capped at 1; NaN stays NaN and is not counted."""
-    adjusted = holm([0.01, 0.04, 0.03, math.nan, 0.005])
-    assert adjusted[[0, 1, 2, 4]] == pytest.approx([0.03, 0.06, 0.06, 0.02])
-    assert math.isnan(adjusted[3])
-    assert list(holm([0.5, 0.9])) == [1.0, 1.0]
-
-
-@pytest.mark.parametrize("adjust", [holm, benjamini_hochberg])
-def test_adjusting_within_families_equals_adjusting_each_family_alone(adjust):
-    """Interleaved families give each family's own adjustment, as if it were alone."""
-    p = np.random.default_rng(3).uniform(0, 0.2, 30)
-    families = np.arange(30) % 4
-    together = adjust(p, families)
-    for f in range(4):
-        assert together[families == f] == pytest.approx(adjust(p[families == f]))
-
-
-def test_benjamini_hochberg_by_hand_and_against_scipy():
-    """p times m / rank, made monotone from the largest: [0.01, 0.04, 0.03, 0.005] -> [0.02, 0.04, 0.04, 0.02]."""
-    p = [0.01, 0.04, 0.03, 0.005]
-    assert benjamini_hochberg(p) == pytest.approx([0.02, 0.04, 0.04, 0.02])
-    assert benjamini_hochberg(p) == pytest.approx(scipy_stats.false_discovery_control(p))
-
-
-@pytest.mark.parametrize("mean, sd, n, multiplier", [(1.0, 1.0, 6, 1), (1.0, 1.0, 6, 3), (0.5, 2.0, 10, 5),
-                                                     (-2.0, 1.5, 4, 2), (0.2, 0.1, 3, 8)])
-def test_the_adjusted_interval_excludes_zero_exactly_when_the_adjusted_p_is_small(mean, sd, n, multiplier):
-    """The interval at adjusted_level has 0 on its boundary side matching p_adjusted < 0.05."""
-    d = mean + sd * (np.arange(n) - (n - 1) / 2) / np.std(np.arange(n) - (n - 1) / 2, ddof=1)
-    p = t_test_p(d)
-    p_adj = min(1.0, multiplier * p)
-    low, high = interval(float(np.mean(d)), float(np.std(d, ddof=1)), n, adjusted_level(p, p_adj, CONFIDENCE))
-    assert (low > 0 or high < 0) == (p_adj < 0.05)
-    assert (low, high) == pytest.approx(interval(float(np.mean(d)), float(np.std(d, ddof=1)), n, 0.95)) \
-        if multiplier == 1 else True
-
-
 @pytest.mark.parametrize("low, high, expected", [(0.1, 2.0, "better"), (-3.0, -0.2, "worse"),
                                                  (-0.3, 0.4, "equivalent"), (0.1, 0.4, "equivalent"),
                                                  (-0.3, 0.6, "undecided"), (math.nan, math.nan, "undecided")])
@@ -213,34 +173,6 @@ def test_decide_adjusts_within_each_family():
                           "sd": [1.0, 1.0, 1.0], "n": [10, 10, 10]})
     out = decide(table, ["dataset"], "holm")
     assert list(out["p_adjusted"]) == pytest.approx([0.02, 0.2, 0.01])
-
-
-GSDESIGN_LDOF_5 = [4.8769, 3.3569, 2.6803, 2.2898, 2.0310]  # published: 5 equal looks, alpha 0.025 a side
-
-
-def obrien_fleming_type(t: float, alpha: float) -> float:
-    """Lan-DeMets O'Brien-Fleming-type spending as gsDesign's sfLDOF: alpha / 2 a side."""
-    return 4 * scipy_stats.norm.sf(scipy_stats.norm.isf(alpha / 4) / math.sqrt(t))
-
-
-def test_the_boundary_recursion_matches_a_published_table():
-    """With Lan-DeMets O'Brien-Fleming-type spending, 5 equally spaced looks, two-sided 0.05, the
-    recursion gives gsDesign's published boundaries."""
-    got = z_boundaries([0.2, 0.4, 0.6, 0.8, 1.0], 0.05, points_per_sd=16, spending=obrien_fleming_type)
-    assert got == pytest.approx(GSDESIGN_LDOF_5, abs=2e-4)
-
-
-@pytest.mark.parametrize("alpha", [0.05, 0.01])
-def test_one_look_is_the_z_test_and_two_looks_spend_what_the_function_allows(alpha):
-    """One look at t = 1: z_(1 - alpha/2). Two looks at 0.5 and 1: the first spends spent(0.5), and both
-    together keep 1 - alpha inside (the bivariate normal of Z1, Z2, correlation sqrt(0.5), by scipy)."""
-    assert z_boundaries([1.0], alpha)[0] == pytest.approx(scipy_stats.norm.isf(alpha / 2))
-    c1, c2 = z_boundaries([0.5, 1.0], alpha, points_per_sd=16)
-    assert 2 * scipy_stats.norm.sf(c1) == pytest.approx(spent(0.5, alpha))
-    both = scipy_stats.multivariate_normal([0, 0], [[1, math.sqrt(0.5)], [math.sqrt(0.5), 1]])
-    inside = both.cdf([c1, c2], lower_limit=[-c1, -c2])
-    assert inside == pytest.approx(1 - alpha, abs=2e-4)
-    assert spent(1.0, alpha) == pytest.approx(alpha) and spent(0.5, alpha) == pytest.approx(alpha / 8)
 
 
 def seeds_on_demand(effect: float, design: Design, trials: int, margin: float, sequential: bool = True,

@@ -1,4 +1,4 @@
-"""The result store: atomic JSON records, and the provenance every record carries."""
+"""The result store: atomic JSON records, weights, claims and the grid file a results folder belongs to."""
 from __future__ import annotations
 
 import hashlib
@@ -11,12 +11,10 @@ import sys
 import time
 
 import pytest
-import torch
 
 from ablatrix.config import SCHEMA
 from ablatrix.errors import AblatrixError
 from ablatrix.spec import load_grid
-from ablatrix.record import code_revision, environment
 from ablatrix.store import STALE_SECONDS, ResultStore, atomic_write_text
 
 from conftest import dead_pid
@@ -135,35 +133,6 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path, monkeypatc
         atomic_write_text(target, "new")
     assert target.read_text() == "old"
     assert os.listdir(tmp_path) == ["f.json"]
-
-
-def test_environment_describes_versions_device_and_code():
-    """Records name the python/torch versions, the device and the code revision."""
-    env = environment(torch.device("cpu"))
-    assert env["versions"]["torch"] == torch.__version__.split("+")[0]
-    assert env["device"] == "cpu" and env["device_name"]
-    assert env["code_revision"].startswith(("git:", "ablatrix=="))
-
-
-def test_code_revision_is_dirty_only_when_the_package_itself_changed(tmp_path):
-    """-dirty means the package's own files differ from the commit; a changed result or grid elsewhere
-    in the repository, or an untracked file, leaves the revision clean."""
-    git = lambda *args: subprocess.run(["git", "-C", str(tmp_path), *args], check=True,  # noqa: E731
-                                       capture_output=True, text=True).stdout.strip()
-    package = tmp_path / "src" / "pkg"
-    package.mkdir(parents=True)
-    (package / "code.py").write_text("x = 1\n")
-    (tmp_path / "results.json").write_text("{}")
-    git("init", "-q")
-    git("add", ".")
-    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "c")
-    head = git("rev-parse", "--short=12", "HEAD")
-    assert code_revision(package) == f"git:{head}"
-    (tmp_path / "results.json").write_text('{"new": 1}')
-    (package / "scratch.py").write_text("")
-    assert code_revision(package) == f"git:{head}"
-    (package / "code.py").write_text("x = 2\n")
-    assert code_revision(package) == f"git:{head}-dirty"
 
 
 def test_claims_are_exclusive_and_released(tmp_path):
