@@ -39,18 +39,19 @@ def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from .data import data_root
+    from .record import RunRecord
     from .spec import axis_value
     from .store import ResultStore
     for grid in _grids(args):
-        records = ResultStore(args.results, grid.name).records()
+        records = {k: RunRecord.of(v) for k, v in ResultStore(args.results, grid.name).records().items()}
         cells = grid.stored_cells(records)
         rows = []
         for cell in cells:
             record = records.get(cell.run_id)
             rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
                          *(axis_value(cell.axes.get(a, "—")) for a in grid.axes), f"{cell.params:,}",
-                         record["status"] if record else "pending"]
-                        + ([record.get("added_for", "") if record else ""] if grid.extra_seeds else []))
+                         record.status if record else "pending"]
+                        + ([record.added_for if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
         print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells" + (
             f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else "")

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 from .data import DATASETS
 from .errors import AblatrixError
 from .registry import Registry
+from .record import RunRecord
 from .spec import Cell, Grid
 from .store import ResultStore
 
@@ -34,12 +35,12 @@ class Exported:
     where: str
 
 
-def stored_runs(grid: Grid, results: Path) -> Iterator[tuple[Cell, dict[str, Any]]]:
+def stored_runs(grid: Grid, results: Path) -> Iterator[tuple[Cell, RunRecord]]:
     """Each cell of `grid` that has a record, with that record; pending cells are left out."""
     records = ResultStore(results, grid.name).records()
     for cell in grid.stored_cells(records):
         if cell.run_id in records:
-            yield cell, records[cell.run_id]
+            yield cell, RunRecord.of(records[cell.run_id])
 
 
 def hparam_value(value: Any) -> float | str:
@@ -84,7 +85,7 @@ def to_tensorboard(grids: Sequence[Grid], results: Path, target: str) -> Exporte
         runs = list(stored_runs(grid, results))
         domains = _domains(grid.stored_cells({c.run_id for c, _ in runs}))
         for cell, record in runs:
-            if record["status"] != "done":
+            if not record.done:
                 skipped += 1
                 continue
             folder = Path(target) / run_name(cell)
@@ -92,7 +93,7 @@ def to_tensorboard(grids: Sequence[Grid], results: Path, target: str) -> Exporte
             for old in folder.glob("events.out.tfevents.*"):  # a re-export replaces, never appends
                 old.unlink()
             with SummaryWriter(log_dir=str(folder)) as writer:
-                for epoch in record["history"]:
+                for epoch in record.history:
                     for key in EPOCH_METRICS:
                         split, metric = key.split("_")
                         writer.add_scalar(f"{metric}/{split}", epoch[key], epoch["epoch"])
@@ -100,9 +101,9 @@ def to_tensorboard(grids: Sequence[Grid], results: Path, target: str) -> Exporte
                         writer.add_scalar("lr", epoch["lr"], epoch["epoch"])
                 # run_name="." puts the HParams session in this run's own folder, beside its curves.
                 hparams = {k: v if isinstance(domains[k][0], type(v)) else str(v) for k, v in _hparams(cell).items()}
-                writer.add_hparams(hparams, {"test/accuracy": record["test"]["accuracy"],
-                                                    "test/loss": record["test"]["loss"],
-                                                    "best_epoch": float(record["best_epoch"] or 0)},
+                writer.add_hparams(hparams, {"test/accuracy": record.test.accuracy,
+                                                    "test/loss": record.test.loss,
+                                                    "best_epoch": float(record.best_epoch or 0)},
                                    hparam_domain_discrete=domains, run_name=".")
             written += 1
     return Exported(written, 0, skipped, target)
@@ -116,9 +117,8 @@ def _flat_config(config: dict[str, Any]) -> dict[str, str]:
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in flat.items()}
 
 
-def _millis(record: dict[str, Any]) -> int | None:
-    started = record.get("started_at")
-    return int(datetime.fromisoformat(started).timestamp() * 1000) if started else None
+def _millis(record: RunRecord) -> int | None:
+    return int(datetime.fromisoformat(record.started_at).timestamp() * 1000) if record.started_at else None
 
 
 def _check_server(uri: str) -> None:
@@ -138,17 +138,17 @@ def _batches(items: list[Any], size: int) -> Iterator[list[Any]]:
         yield items[start:start + size]
 
 
-def _artifacts(cell: Cell, record: dict[str, Any]) -> dict[str, str]:
+def _artifacts(cell: Cell, record: RunRecord) -> dict[str, str]:
     """Per-class accuracy and the confusion matrix as CSV, or the failure's traceback."""
-    if record["status"] != "done":
-        return {"error.txt": f"{record.get('error', '')}\n\n{record.get('traceback', '')}"}
+    if not record.done:
+        return {"error.txt": f"{record.error}\n\n{record.traceback}"}
     names = DATASETS[cell.config.dataset].classes
     per_class = "class,name,correct,support,accuracy\n" + "".join(
-        f"{e['class']},{json.dumps(names[e['class']])},{e['correct']},{e['support']},{e['accuracy']}\n"
-        for e in record["test"]["per_class"])
+        f"{e.index},{json.dumps(names[e.index])},{e.correct},{e.support},{e.accuracy}\n"
+        for e in record.test.per_class)
     confusion = "true \\ predicted," + ",".join(json.dumps(n) for n in names) + "\n" + "".join(
         json.dumps(names[i]) + "," + ",".join(map(str, row)) + "\n"
-        for i, row in enumerate(record["test"]["confusion"]))
+        for i, row in enumerate(record.test.confusion))
     return {"per_class.csv": per_class, "confusion.csv": confusion}
 
 
@@ -178,30 +178,30 @@ def to_mlflow(grids: Sequence[Grid], results: Path, target: str) -> Exported:
         existing = {r.data.tags["ablatrix.run_id"]: r for r in _all_runs(client, experiment_id)
                     if "ablatrix.run_id" in r.data.tags}
         for cell, record in stored_runs(grid, results):
-            digest = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+            digest = hashlib.sha256(json.dumps(record.stored, sort_keys=True).encode()).hexdigest()
             old = existing.get(cell.run_id)
             if old is not None and old.data.tags.get("ablatrix.record_sha256") == digest:
                 unchanged += 1
                 continue
             if old is not None:  # MLflow cannot drop logged metrics: replace the run (soft delete)
                 client.delete_run(old.info.run_id)
-            done = record["status"] == "done"
+            done = record.done
             start = _millis(record)
             tags = {"ablatrix.run_id": cell.run_id, "ablatrix.grid": grid.name, "ablatrix.variant": cell.variant,
                     "ablatrix.dataset": cell.config.dataset, "ablatrix.seed": str(cell.config.seed),
-                    "ablatrix.status": record["status"], "ablatrix.code_revision": record.get("code_revision", ""),
+                    "ablatrix.status": record.status, "ablatrix.code_revision": record.code_revision or "",
                     "ablatrix.record_sha256": digest}
             run = client.create_run(experiment_id, start_time=start, tags=tags, run_name=cell.label())
             run_id = run.info.run_id
-            params = [Param(k, v) for k, v in _flat_config(record["config"]).items()]
+            params = [Param(k, v) for k, v in _flat_config(record.config).items()]
             stamp, metrics = start or 0, []
-            for epoch in record.get("history", []):
+            for epoch in record.history:
                 stamp += int(1000 * epoch.get("seconds", 0))
                 metrics += [Metric(k, epoch[k], stamp, epoch["epoch"]) for k in (*EPOCH_METRICS, "lr") if k in epoch]
             if done:
-                final = {"test_accuracy": record["test"]["accuracy"], "test_loss": record["test"]["loss"],
-                         "best_epoch": record["best_epoch"] or 0, "epochs_trained": record["epochs_trained"],
-                         "params": record["params"], "wall_seconds": record["wall_seconds"]}
+                final = {"test_accuracy": record.test.accuracy, "test_loss": record.test.loss,
+                         "best_epoch": record.best_epoch or 0, "epochs_trained": record.epochs_trained,
+                         "params": record.params, "wall_seconds": record.wall_seconds}
                 metrics += [Metric(k, float(v), stamp, 0) for k, v in final.items()]
             # MLflow's batch limits: 100 params, 1,000 metrics per call.
             for chunk in _batches(params, 100):
@@ -210,7 +210,7 @@ def to_mlflow(grids: Sequence[Grid], results: Path, target: str) -> Exported:
                 client.log_batch(run_id, metrics=chunk)
             for name, text in _artifacts(cell, record).items():
                 client.log_text(run_id, text, name)
-            end = start + int(1000 * record["wall_seconds"]) if start and record.get("wall_seconds") else None
+            end = start + int(1000 * record.wall_seconds) if start and record.wall_seconds else None
             client.set_terminated(run_id, "FINISHED" if done else "FAILED", end_time=end)
             written += 1
     return Exported(written, unchanged, 0, target)

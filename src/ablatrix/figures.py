@@ -25,10 +25,11 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
 from .data import DATASETS  # noqa: E402
+from .record import RunRecord  # noqa: E402
 from .stats import t_interval  # noqa: E402
 
 Figure = tuple[str, Path]  # (caption, PNG path)
-Records = dict[str, dict[str, Any]]
+Records = dict[str, RunRecord]
 Colours = dict[str, dict[Any, Any]]  # factor -> level -> colour
 MAX_CURVES = 8  # configurations drawn one by one in the learning curves; beyond: best few + baseline
 BEST_SHOWN = 3
@@ -88,7 +89,7 @@ def history_frame(done: pd.DataFrame, records: Records, factors: Sequence[str]) 
     """Long per-epoch history of finished runs: factors, seed, epoch, split, metric, value."""
     keys = ["run_id", "seed", *factors]
     rows = [(*(run[k] for k in keys), h["epoch"], split, metric, h[f"{split}_{metric}"])
-            for run in done[keys].to_dict("records") for h in records[run["run_id"]]["history"]
+            for run in done[keys].to_dict("records") for h in records[run["run_id"]].history
             for split in ("train", "val") for metric in ("loss", "accuracy")]
     return pd.DataFrame(rows, columns=[*keys, "epoch", "split", "metric", "value"])
 
@@ -210,7 +211,7 @@ def confusion(done: pd.DataFrame, records: Records, factors: Sequence[str], data
               folder: Path) -> Figure:
     """Row-normalised confusion matrix of the best configuration, summed over its seeds."""
     runs = labelled(done[done["dataset"] == dataset], factors)
-    matrices = [np.array(records[r]["test"]["confusion"]) for r in
+    matrices = [np.array(records[r].test.confusion) for r in
                 runs.loc[runs["config"] == best_config, "run_id"]]
     total = np.sum(matrices, axis=0)
     normalised = total / np.maximum(total.sum(axis=1, keepdims=True), 1)

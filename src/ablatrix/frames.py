@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import pandas as pd
 
 from .data import DATASETS
-from .record import tested_of
+from .record import RunRecord
 from .spec import Grid, axis_value
 from .store import ResultStore, atomic_write_text
 
@@ -26,47 +26,47 @@ METRIC_COLUMNS = ("params", "epochs_trained", "best_epoch", "train_accuracy", "v
                   "test_accuracy", "test_loss", "wall_seconds", "status")
 
 
-def runs_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def runs_frame(grid: Grid, records: dict[str, RunRecord]) -> pd.DataFrame:
     """One row per cell: identity, one column per axis, cost, test metrics and status."""
     rows = []
     for cell in grid.stored_cells(records):
         record = records.get(cell.run_id)
-        done = record is not None and record["status"] == "done"
+        done = record is not None and record.done
         tested = tested_epoch(record) if done else None
         rows.append({
             "run_id": cell.run_id, "variant": cell.variant, "dataset": cell.config.dataset,
             "seed": cell.config.seed, **{k: axis_value(v) for k, v in cell.axes.items()},
             "params": cell.params,
-            "epochs_trained": record["epochs_trained"] if done else None,
-            "best_epoch": record["best_epoch"] if done else None,
+            "epochs_trained": record.epochs_trained if done else None,
+            "best_epoch": record.best_epoch if done else None,
             "train_accuracy": tested["train_accuracy"] if tested else None,
             "val_accuracy": tested["val_accuracy"] if tested else None,
-            "test_accuracy": record["test"]["accuracy"] if done else None,
-            "test_loss": record["test"]["loss"] if done else None,
-            "wall_seconds": record["wall_seconds"] if record else None,
-            "status": record["status"] if record else "pending"})
+            "test_accuracy": record.test.accuracy if done else None,
+            "test_loss": record.test.loss if done else None,
+            "wall_seconds": record.wall_seconds if record else None,
+            "status": record.status if record else "pending"})
     return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *METRIC_COLUMNS])
 
 
-def tested_epoch(rec: dict[str, Any]) -> dict[str, float] | None:
-    """The history row of the weights that were tested (`record.tested_of`). Its train accuracy is
+def tested_epoch(record: RunRecord) -> dict[str, float] | None:
+    """The history row of the weights that were tested (`RunRecord.tested`). Its train accuracy is
     measured during that epoch (dropout on, weights changing), as training loops usually log it."""
-    epoch = tested_of(rec)["epoch"]
-    return rec["history"][epoch - 1] if epoch else None
+    epoch = record.tested.epoch
+    return record.history[epoch - 1] if epoch else None
 
 
-def per_class_frame(grid: Grid, records: dict[str, dict[str, Any]]) -> pd.DataFrame:
+def per_class_frame(grid: Grid, records: dict[str, RunRecord]) -> pd.DataFrame:
     """One row per finished run and class: accuracy with the correct/support counts behind it."""
     rows = []
     for cell in grid.stored_cells(records):
         record = records.get(cell.run_id)
-        if record is None or record["status"] != "done":
+        if record is None or not record.done:
             continue
         names = DATASETS[cell.config.dataset].classes
-        for entry in record["test"]["per_class"]:
-            rows.append({"run_id": cell.run_id, "class_index": entry["class"],
-                         "class": names[entry["class"]], "accuracy": entry["accuracy"],
-                         "correct": entry["correct"], "support": entry["support"]})
+        for entry in record.test.per_class:
+            rows.append({"run_id": cell.run_id, "class_index": entry.index,
+                         "class": names[entry.index], "accuracy": entry.accuracy,
+                         "correct": entry.correct, "support": entry.support})
     return pd.DataFrame(rows, columns=["run_id", "class_index", "class", "accuracy", "correct", "support"])
 
 
@@ -77,7 +77,7 @@ class Results:
     grids: list[Grid]
     runs: pd.DataFrame  # runs.csv rows of every grid, with a `grid` column
     per_class: pd.DataFrame  # per_class.csv rows joined to their run's factors
-    records: dict[str, dict[str, Any]]  # finished and failed records by run id
+    records: dict[str, RunRecord]  # finished and failed records by run id
     factors: list[str]  # columns that identify a configuration: [grid,] variant, axes
 
     @property
@@ -91,7 +91,7 @@ def collect(grids: Sequence[Grid], results: Path, write: bool = True) -> Results
     for grid in grids:
         store = ResultStore(results, grid.name)
         ids = {c.run_id for c in (*grid.cells, *grid.extra_cells)}
-        records = {k: v for k, v in store.records().items() if k in ids}
+        records = {k: RunRecord.of(v) for k, v in store.records().items() if k in ids}
         grid_runs, grid_classes = runs_frame(grid, records), per_class_frame(grid, records)
         if write:
             atomic_write_text(store.dir / "runs.csv", grid_runs.to_csv(index=False))

@@ -12,6 +12,7 @@ import platform
 import subprocess
 import sys
 import traceback
+from dataclasses import dataclass
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
@@ -30,6 +31,82 @@ REQUIRED = {"done": ("run_id", "config", "history", "best_epoch", "epochs_traine
             "failed": ("run_id", "config", "error")}
 OOM_HINT = ("the cell needs more GPU memory than was free: train fewer cells per GPU "
             "(--runs-per-gpu, --gpus-per-run) or use a smaller train.batch_size")
+
+
+@dataclass(frozen=True)
+class WeightsTested:
+    """Which weights a run tested ("final" or "best-<eval mode>"), of which epoch, in which mode."""
+
+    weights: str
+    epoch: int
+    eval_mode: str
+
+
+@dataclass(frozen=True)
+class ClassResult:
+    index: int
+    correct: int
+    support: int
+    accuracy: float | None  # None where the test set has no example of the class
+
+
+@dataclass(frozen=True)
+class Metrics:
+    loss: float
+    accuracy: float
+    per_class: tuple[ClassResult, ...]
+    confusion: tuple[tuple[int, ...], ...]  # rows: true class, columns: predicted
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A stored record as every reader sees it (`RunRecord.of`); `stored` is its JSON as written.
+
+    Fields a record of its kind lacks are None (a failed run has no history or test; a run whose
+    worker died on every attempt no environment); `tested` of a record written before records said
+    so is what its config implies (`tested_of`)."""
+
+    run_id: str
+    status: str  # "done" | "failed"
+    config: dict[str, Any]
+    params: int | None
+    wall_seconds: float | None
+    stored: Record
+    added_for: str = ""
+    error: str = ""
+    traceback: str = ""
+    started_at: str | None = None
+    history: tuple[dict[str, float], ...] = ()
+    best_epoch: int | None = None
+    epochs_trained: int | None = None
+    tested: WeightsTested | None = None
+    test: Metrics | None = None
+    training_id: str | None = None
+    device: str | None = None  # with device_name, torch and code_revision: where and with what it ran
+    device_name: str | None = None
+    torch: str | None = None
+    code_revision: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.status == "done"
+
+    @staticmethod
+    def of(rec: Record) -> "RunRecord":
+        """The typed record of a usable stored one (`record_problem` says which are)."""
+        done = rec["status"] == "done"
+        test = rec.get("test") if done else None
+        return RunRecord(
+            rec["run_id"], rec["status"], rec["config"], rec.get("params"), rec.get("wall_seconds"), rec,
+            rec.get("added_for", ""), rec.get("error", ""), rec.get("traceback", ""), rec.get("started_at"),
+            tuple(rec.get("history", ())), rec.get("best_epoch"), rec.get("epochs_trained"),
+            WeightsTested(**tested_of(rec)) if done else None,
+            Metrics(test["loss"], test["accuracy"],
+                        tuple(ClassResult(e["class"], e["correct"], e["support"], e["accuracy"])
+                              for e in test.get("per_class", ())),
+                        tuple(map(tuple, test.get("confusion", ())))) if test else None,
+            rec["training"]["id"] if "training" in rec else None, rec.get("device"), rec.get("device_name"),
+            rec.get("versions", {}).get("torch"), rec.get("code_revision"))
 
 
 def record_problem(record: Any, run_id: str) -> str | None:

@@ -19,6 +19,7 @@ from .effects import (accuracy_table, against_base, class_effect_table, cost_tab
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
 from .frames import Results, collect, varied
+from .record import RunRecord
 from .report_html import write_html
 from .sequential import design_of, report_dir, seeding_state
 from .spec import Grid, ReportSettings
@@ -195,10 +196,10 @@ def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float, cap: 
     return lines + [""]
 
 
-def _provenance(records: list[dict[str, Any]]) -> list[str]:
-    devices = sorted({f"{r['device']} ({r['device_name']})" for r in records})
-    torch_versions = sorted({r["versions"]["torch"] for r in records})
-    revisions = sorted({r["code_revision"] for r in records})
+def _provenance(records: list[RunRecord]) -> list[str]:
+    devices = sorted({f"{r.device} ({r.device_name})" for r in records})
+    torch_versions = sorted({str(r.torch) for r in records})
+    revisions = sorted({str(r.code_revision) for r in records})
     return [f"- device: {', '.join(devices)}", f"- torch: {', '.join(torch_versions)}",
             f"- ablatrix code: {', '.join(revisions)}"]
 
@@ -284,7 +285,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   f"{state['stopped']}. Runs stored: {state['runs_stored']:,} of {state['runs_possible']:,} "
                   "possible (max_seeds); the accuracy table's `seeds` column shows each configuration's.", ""]
     lines += [f"- generated: {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}"]
-    finished = [r for r in res.records.values() if r["status"] == "done"]  # the numbers' sources
+    finished = [r for r in res.records.values() if r.done]  # the numbers' sources
     lines += _provenance(finished) if finished else []
     lines += ["- datasets: " + "; ".join(f"{d}: {DATASETS[d].description}" for d in datasets)]
     lines += [_statistics_line(settings, design), ""]
@@ -361,7 +362,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     failed = res.runs[res.runs["status"] == "failed"]
     if len(failed):
         lines += ["## Failed runs", ""]
-        lines += [f"- `{r.run_id}` {r.variant} {r.dataset} seed {r.seed}: {res.records[r.run_id]['error']}"
+        lines += [f"- `{r.run_id}` {r.variant} {r.dataset} seed {r.seed}: {res.records[r.run_id].error}"
                   for r in failed.itertuples()] + [""]
     lines += ["## Figures", ""] + [f"![{caption}]({path.relative_to(out).as_posix()})\n"
                                    for caption, path in figs]

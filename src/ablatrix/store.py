@@ -28,7 +28,7 @@ from .config import SCHEMA
 from .data import DATASETS
 from .errors import AblatrixError
 from .models import create_model
-from .record import migrated, record_problem
+from .record import RunRecord, migrated, record_problem
 
 
 def _umask() -> int:
@@ -325,18 +325,18 @@ def load_model(results: str | Path, grid: str, run_id: str) -> torch.nn.Module:
     imported first (it registers the model).
     """
     store = ResultStore(Path(results), grid)
-    record = store.get(run_id)
-    if record is None or record["status"] != "done":
+    stored = store.get(run_id)
+    record = RunRecord.of(stored) if stored is not None else None
+    if record is None or not record.done:
         raise AblatrixError(f"{store.path(run_id)}: no finished run {run_id} in {store.dir}")
-    tested = record.get("tested")
-    weights = store.get_weights(record["training"]["id"]) if tested and "training" in record else {}
-    if not tested or tested["weights"] not in weights:
+    weights = store.get_weights(record.training_id) if record.training_id else {}
+    if record.tested.weights not in weights:
         raise AblatrixError(f"run {run_id}: its weights are not stored in {store.dir / 'weights'} "
                             "(runs trained before ablatrix kept weights, or the folder was not copied)")
-    config = record["config"]
+    config = record.config
     info = DATASETS.lookup(config["dataset"])
     model = create_model(config["model"]["name"], info.input_shape, len(info.classes), **config["model"]["params"])
-    model.load_state_dict(weights[tested["weights"]])
+    model.load_state_dict(weights[record.tested.weights])
     return model.eval()
 
 
