@@ -295,3 +295,20 @@ def test_a_plain_report_rewrites_every_format_written_before_and_removes_what_it
     assert not stale.exists()
     for name in ("REPORT.md", "REPORT.html", "ablation.tex", "effects.tex", "deltas.csv"):
         assert name in printed
+
+
+def test_a_one_at_a_time_report_compares_each_change_with_the_base_and_no_interaction(write_grid, tmp_path):
+    """Each effect is a value against the base on the same seed, the design is said, interactions are empty."""
+    from test_spec import OAT_GRID
+    grid = load_grid(write_grid(OAT_GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2]")))
+    store = ResultStore(tmp_path, grid.name)
+    for cell in grid.cells:  # dropout costs 30 pp per unit, no BatchNorm 10 pp
+        accuracy = 0.9 - 0.1 * (not cell.axes["model.batchnorm"]) - 0.3 * cell.axes["model.dropout"]
+        store.put(fabricate(cell, round(accuracy * 36) / 36))
+    report = write_report([grid], tmp_path, formats=("md", "csv")).read_text()
+    assert "Design of oat: one-at-a-time" in report
+    deltas = pd.read_csv(tmp_path / "oat" / "deltas.csv")
+    assert sorted(zip(deltas["factor"], deltas["level"].astype(str), deltas["baseline"].astype(str))) == [
+        ("model.batchnorm", "False", "True"), ("model.dropout", "0.2", "0.0"), ("model.dropout", "0.4", "0.0")]
+    assert deltas.set_index("level")["mean"].round(2).to_dict() == {"False": -8.33, "0.2": -5.56, "0.4": -11.11}
+    assert pd.read_csv(tmp_path / "oat" / "interactions.csv").empty

@@ -314,3 +314,37 @@ def test_expanding_a_parsed_grid_gives_the_cells_load_grid_gives(write_grid):
     grid = expand(spec, spec.environment.prepare())
     assert [c.run_id for c in grid.cells] == [c.run_id for c in load_grid(path, ["train.epochs=3"]).cells]
     assert len(grid.cells) == 4 and grid.environment == Environment()
+
+
+OAT_GRID = """
+name = "oat"
+datasets = ["digits"]
+seeds = [0, 1]
+design = "one-at-a-time"
+[model]
+conv = [4]
+[axes]
+model.batchnorm = [true, false]
+model.dropout = [0.0, 0.2, 0.4]
+"""
+
+
+def test_a_one_at_a_time_grid_trains_the_base_and_each_change_alone_with_the_full_grids_ids(write_grid):
+    """4 configurations x 2 seeds instead of 6 x 2, each cell the same run (id) as in the full grid."""
+    oat = load_grid(write_grid(OAT_GRID))
+    full = load_grid(write_grid(OAT_GRID.replace('design = "one-at-a-time"\n', ""), name="full.toml"))
+    assert (oat.design, full.design, len(oat.cells), len(full.cells)) == ("one-at-a-time", "full", 8, 12)
+    assert {c.run_id for c in oat.cells} < {c.run_id for c in full.cells}
+    assert sorted({(c.axes["model.batchnorm"], c.axes["model.dropout"]) for c in oat.cells}) == \
+        [(False, 0.0), (True, 0.0), (True, 0.2), (True, 0.4)]
+
+
+@pytest.mark.parametrize("edit, message", [
+    (('design = "one-at-a-time"', 'design = "fractional"'), "design = 'fractional'; choose from: full, one-at-a-time"),
+    (("[model]", "[[exclude]]\nmodel.dropout = 0.0\nmodel.batchnorm = true\n[model]"),
+     r"exclude\[0\] removes the base of the one-at-a-time design"),
+])
+def test_bad_designs_are_one_line_errors(write_grid, edit, message):
+    """An unknown design names the valid ones; excluding the base leaves every change without its baseline."""
+    with pytest.raises(AblatrixError, match=message):
+        load_grid(write_grid(OAT_GRID.replace(*edit)))

@@ -53,7 +53,8 @@ def cmd_list(args: argparse.Namespace) -> int:
                          record.status if record else "pending"]
                         + ([record.added_for if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
-        print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells" + (
+        print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells"
+              + (f", design {grid.design}" if grid.design != "full" else "") + (
             f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else "")
             + f"; {len({c.config.training_id for c in cells})} trainings (cells that differ only in how "
               "the trained model is measured share one)")

@@ -267,6 +267,9 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     lines += [f"Grid file(s) `{paths}`: {len(res.runs)} cells ({counts.get('done', 0)} done, "
               f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending). "
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
+    lines += [f"Design of {g.name}: one-at-a-time (the base, each axis at its first value, and each other "
+              "value changed alone): every effect is that value against the base; interactions cannot be "
+              "estimated.\n" for g in grids if g.design == "one-at-a-time"]
     lines += ["## Findings", "",
               "Decided effects first (largest first), then interactions, then what is still open. "
               "Each effect changes one factor from its first value, everything else equal; the "

@@ -18,6 +18,7 @@ from typing import Any, Iterable
 from .config import CONFIDENCE, MARGIN, ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS, SAMPLERS
 from . import datasets as _built_in  # noqa: F401  (registers the built-in datasets, which grids name)
+from .designs import DESIGNS, design_combos
 from .environment import Environment
 from .sources import SOURCES, parse_source
 from .errors import AblatrixError
@@ -35,7 +36,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 GRID_KEYS = ("name", "description", "datasets", "seeds", "max_seeds", "plugins", "train", "model",
-             "axes", "variants", "exclude", "references", "report")
+             "axes", "design", "variants", "exclude", "references", "report")
 METRICS = ("test_accuracy", "val_accuracy")  # what a published reference number is compared with
 VARIANT_KEYS = ("description", "model", "train")
 DEFAULT_MODEL = "convnet"
@@ -106,6 +107,7 @@ class GridSpec:
     references: tuple[Reference, ...]
     report: ReportSettings
     environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
+    design: str = "full"  # DESIGNS
 
     @property
     def where(self) -> str:
@@ -130,6 +132,7 @@ class Grid:
     references = property(lambda self: self.spec.references)
     report = property(lambda self: self.spec.report)
     environment = property(lambda self: self.spec.environment)
+    design = property(lambda self: self.spec.design)
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -272,6 +275,9 @@ def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
     if not isinstance(description, str):
         _fail(where, f"description = {description!r} is not allowed; expected a string")
     plugins = resolve_plugins(doc.get("plugins", []), path)
+    design = doc.get("design", "full")
+    if design not in DESIGNS:
+        _fail(where, f"design = {design!r}; choose from: {', '.join(DESIGNS)}")
     datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
     sources = {}
     for dataset in datasets:
@@ -325,7 +331,8 @@ def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
     references = _references(doc.get("references", []), axes, where)
     report = build_dataclass(ReportSettings, _table(where, "report", doc.get("report", {})), where, "report.")
     return GridSpec(name, path, description, tuple(datasets), tuple(seeds), tuple(extra_seeds), base, axes, variants,
-                    tuple(exclude), tuple(rules), references, report, Environment(plugins, tuple(sources.items())))
+                    tuple(exclude), tuple(rules), references, report, Environment(plugins, tuple(sources.items())),
+                    design)
 
 
 def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
@@ -339,7 +346,7 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
         if dataset not in hashes and dataset not in DATASETS:
             _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
                          f"data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}, or torchvision:NAME")
-    combos = [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+    combos = design_combos(axes, spec.design)
     resolved = {}
     for vname, table in variants.items():
         for i, combo in enumerate(combos):
@@ -372,6 +379,9 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
         context, train, model = resolved[vname, i]
         facts = cell_facts(vname, dataset, seed, combos[i])
         matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
+        if matched and i == 0 and spec.design == "one-at-a-time" and len(combos) > 1:
+            _fail(where, f"exclude[{matched[0]}] removes the base of the one-at-a-time design "
+                         f"({facts}): every change is measured against it")
         if matched:
             used_rules.update(matched if seed in seeds else ())
             continue
