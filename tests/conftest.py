@@ -50,7 +50,7 @@ def fabricate(cell, accuracy: float, status: str = "done") -> dict:
     """A stored record built as the runner builds it (`record`), with hand-chosen metrics (every
     class alike): trained 3 epochs, tested with the best weights (epoch 2), or the last epoch's
     without restore_best."""
-    started = record.started(cell, (), torch.device("cpu"), {"executor": "local", "workers": 1},
+    started = record.started(cell, (), record.environment(torch.device("cpu")), {"executor": "local", "workers": 1},
                              datetime(2026, 1, 1, tzinfo=timezone.utc))
     if status == "failed":
         result = TrainingDiverged("training loss became nan in epoch 3")

@@ -185,7 +185,7 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
     scaler = torch.amp.GradScaler(device.type, enabled=members.execution.amp == "fp16")
     sample, n_used = SAMPLERS.lookup(cfg.sampler), usable_samples(len(data.train_x), cfg.batch_size)
     optimizer, schedule = members.optimizer, members.schedule
-    modes = [list(m.modes) for m in specs]
+    layout = [[list(m.modes), sorted(m.restore)] for m in specs]  # what a checkpoint must match
     histories: list[dict[str, list[Row]]] = [{mode: [] for mode in m.modes} for m in specs]
     best_loss = [dict.fromkeys(m.modes, math.inf) for m in specs]
     best_epoch = [dict.fromkeys(m.modes, 0) for m in specs]
@@ -194,8 +194,7 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
     failures: list[str | None] = [None] * size
     running, resumed, epoch = list(range(size)), [], 0
     state = checkpoint.load(identity) if checkpoint else None
-    if state is not None and state.get("format") == CHECKPOINT_FORMAT and state["members"] == [
-            [list(m.modes), sorted(m.restore)] for m in specs]:
+    if state is not None and state.get("format") == CHECKPOINT_FORMAT and state["members"] == layout:
         members.model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scaler.load_state_dict(state["scaler"])
@@ -211,6 +210,11 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
         resumed, epoch = [*state["resumed"], state["epoch"]], state["epoch"]
         for b in set(range(size)) - set(running):
             members.freeze(b)
+
+    def stop(b: int) -> None:
+        running.remove(b)
+        members.freeze(b)
+
     last_save = time.monotonic()
     for epoch in range(epoch + 1, cfg.epochs + 1):
         started = time.perf_counter()
@@ -234,11 +238,6 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
         # Host syncs happen here, per epoch, never per step.
         train = [(loss / n_used, hit / n_used) for loss, hit in zip(loss_sum.tolist(), correct.tolist())]
         ended = list(running)  # the members whose epoch this was
-
-        def stop(b: int) -> None:
-            running.remove(b)
-            members.freeze(b)
-
         for b in ended:
             if not math.isfinite(train[b][0]):
                 failures[b] = f"training loss became {train[b][0]} in epoch {epoch}"
@@ -246,7 +245,7 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
         val = members.validate() if running else []
         seconds = time.perf_counter() - started
         for b in running[:]:
-            for mode in modes[b]:
+            for mode in specs[b].modes:
                 row = history_row(epoch, train[b], val[b][mode], seconds, lr)
                 histories[b][mode].append(row)
                 if row["val_loss"] < best_loss[b][mode]:
@@ -254,15 +253,15 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
                     if mode in specs[b].restore:
                         best_state[b][mode] = members.snapshot(b)
             patience = specs[b].config.train.patience
-            if patience and epoch - best_epoch[b][modes[b][0]] >= patience:
+            if patience and epoch - best_epoch[b][specs[b].modes[0]] >= patience:
                 final[b] = members.snapshot(b)
                 stop(b)
         if schedule and not members.per_batch and val:
-            own = val[0][modes[0][0]][0]
+            own = val[0][specs[0].modes[0]][0]
             schedule.step(own) if isinstance(schedule, torch.optim.lr_scheduler.ReduceLROnPlateau) else schedule.step()
         if checkpoint and running and epoch < cfg.epochs and time.monotonic() - last_save >= checkpoint.every_seconds:
             checkpoint.save({"training_id": identity, "format": CHECKPOINT_FORMAT, "epoch": epoch,
-                             "members": [[list(m.modes), sorted(m.restore)] for m in specs],
+                             "members": layout,
                              "model": members.model.state_dict(), "optimizer": optimizer.state_dict(),
                              "scaler": scaler.state_dict(), "schedule": schedule.state_dict() if schedule else {},
                              "rng": torch.get_rng_state(), "orders": [g.get_state() for g in orders],
@@ -273,7 +272,7 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
             last_save = time.monotonic()
         for b in ended:
             if failures[b] is None:
-                on_epoch(b, histories[b][modes[b][0]][-1])
+                on_epoch(b, histories[b][specs[b].modes[0]][-1])
         if not running:
             break
     for b in running:  # trained to the last epoch

@@ -156,10 +156,11 @@ def cell_record(cell: Cell, earlier: Sequence[str] = ()) -> Record:
             **({"added_for": cell.reason} if cell.reason else {})}
 
 
-def started(cell: Cell, earlier: Sequence[str], device: torch.device, execution: dict[str, Any],
+def started(cell: Cell, earlier: Sequence[str], env: dict[str, Any], execution: dict[str, Any],
             at: datetime) -> Record:
-    """A cell's record as its training starts: the cell, the environment, how it is executed."""
-    return {**cell_record(cell, earlier), **environment(device), "execution": execution, "started_at": at.isoformat()}
+    """A cell's record as its training starts: the cell, the environment (`environment`, taken once
+    for a unit's cells), how it is executed."""
+    return {**cell_record(cell, earlier), **env, "execution": execution, "started_at": at.isoformat()}
 
 
 def outcome(result: dict[str, Any] | BaseException) -> Record:

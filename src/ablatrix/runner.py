@@ -111,7 +111,8 @@ def run_unit(cells: Sequence[Cell], options: RunOptions, on_epoch: OnEpoch = lam
     """
     at, clock, execution = datetime.now(timezone.utc), time.perf_counter(), options.execution
     shared = one_training(cells)
-    records = [record.started(cell, past, options.device, {**asdict(execution), **options.placement()}, at)
+    env = record.environment(options.device)
+    records = [record.started(cell, past, env, {**asdict(execution), **options.placement()}, at)
                for cell, past in zip(cells, earlier or [()] * len(cells))]
     if not shared:
         ids = [c.run_id for c in cells]
