@@ -215,6 +215,16 @@ def test_list_and_run_count_the_distinct_trainings(write_grid, tmp_path, capsys)
     assert "trained 8, failed 0, already done 0, by another runner 0; 4 distinct trainings" in capsys.readouterr().out
 
 
+def test_list_prints_a_fractions_resolution_and_alias_chains_before_training(write_grid, tmp_path, capsys):
+    """The factor letters, 8 of 32 configurations at resolution III, the defining relation, the chains."""
+    from test_spec import FRACTION_GRID
+    assert main(["list", str(write_grid(FRACTION_GRID)), "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert ": 16 cells, design fractional;" in out and "A = model.batchnorm (True / False)" in out
+    assert "8 configurations of the 32 of the full factorial, resolution III; defining relation I = ABE = CDE = ABCD" in out
+    assert "alias chains (terms of up to three factors):\n  A = BE = BCD\n" in out and not (tmp_path / "frac").exists()
+
+
 @pytest.mark.slow
 def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
     """kill -9 of the runner at random moments inside one training, twice: the next run resumes each

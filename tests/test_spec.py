@@ -333,18 +333,63 @@ def test_a_one_at_a_time_grid_trains_the_base_and_each_change_alone_with_the_ful
     """4 configurations x 2 seeds instead of 6 x 2, each cell the same run (id) as in the full grid."""
     oat = load_grid(write_grid(OAT_GRID))
     full = load_grid(write_grid(OAT_GRID.replace('design = "one-at-a-time"\n', ""), name="full.toml"))
-    assert (oat.design, full.design, len(oat.cells), len(full.cells)) == ("one-at-a-time", "full", 8, 12)
+    assert (oat.design.kind, full.design.kind, len(oat.cells), len(full.cells)) == ("one-at-a-time", "full", 8, 12)
     assert {c.run_id for c in oat.cells} < {c.run_id for c in full.cells}
     assert sorted({(c.axes["model.batchnorm"], c.axes["model.dropout"]) for c in oat.cells}) == \
         [(False, 0.0), (True, 0.0), (True, 0.2), (True, 0.4)]
 
 
 @pytest.mark.parametrize("edit, message", [
-    (('design = "one-at-a-time"', 'design = "fractional"'), "design = 'fractional'; choose from: full, one-at-a-time"),
+    (('design = "one-at-a-time"', 'design = "factorial"'),
+     "design = 'factorial'; choose from: full, one-at-a-time, fractional, plackett-burman"),
+    (('design = "one-at-a-time"', 'design = "fractional"'), "needs two or more axes of exactly two values each; "
+                                                             "model.dropout has 3"),
     (("[model]", "[[exclude]]\nmodel.dropout = 0.0\nmodel.batchnorm = true\n[model]"),
      r"exclude\[0\] removes the base of the one-at-a-time design"),
 ])
 def test_bad_designs_are_one_line_errors(write_grid, edit, message):
-    """An unknown design names the valid ones; excluding the base leaves every change without its baseline."""
-    with pytest.raises(AblatrixError, match=message):
+    """An unknown design names the valid ones; a fraction needs two-level axes; excluding the base leaves
+    every change without its baseline."""
+    with pytest.raises(AblatrixError, match=message) as caught:
         load_grid(write_grid(OAT_GRID.replace(*edit)))
+    assert "\n" not in str(caught.value)
+
+
+FRACTION_GRID = """
+name = "frac"
+datasets = ["digits"]
+seeds = [0, 1]
+[design]
+kind = "fractional"
+resolution = 3
+[model]
+conv = [4]
+[axes]
+model.batchnorm = [true, false]
+model.dropout = [0.0, 0.2]
+train.lr = [0.001, 0.003]
+train.weight_decay = [0.0, 0.0001]
+train.batch_size = [32, 64]
+"""
+
+
+def test_a_fraction_trains_a_subset_of_the_full_grids_runs_and_its_fold_over_keeps_them(write_grid):
+    """2^(5-2) = 8 of 32 configurations per seed, each the full grid's run (id); folding adds 8 mirrors and
+    keeps the 8, so growing the design trains only the new runs."""
+    fraction = load_grid(write_grid(FRACTION_GRID))
+    folded = load_grid(write_grid(FRACTION_GRID.replace("resolution = 3", "resolution = 3\nfold = true"), "f.toml"))
+    full = load_grid(write_grid(FRACTION_GRID.replace('[design]\nkind = "fractional"\nresolution = 3\n', ""), "g.toml"))
+    ids = {name: {c.run_id for c in grid.cells} for name, grid in
+           (("fraction", fraction), ("folded", folded), ("full", full))}
+    assert (len(ids["fraction"]), len(ids["folded"]), len(ids["full"])) == (16, 32, 64)
+    assert ids["fraction"] < ids["folded"] < ids["full"]
+
+
+@pytest.mark.parametrize("rule, message", [
+    ("[[exclude]]\nmodel.batchnorm = true\n", r"exclude\[0\] removes a configuration of the fractional design"),
+])
+def test_a_fraction_refuses_to_lose_a_configuration(write_grid, rule, message):
+    """A contrast needs every run of the design; whole seeds or datasets may go."""
+    with pytest.raises(AblatrixError, match=message):
+        load_grid(write_grid(FRACTION_GRID + rule))
+    assert len(load_grid(write_grid(FRACTION_GRID + "[[exclude]]\nseed = 1\n")).cells) == 8

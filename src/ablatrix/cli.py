@@ -39,6 +39,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
     from .data import data_root
+    from .designs import TWO_LEVEL, describe
     from .record import RunRecord
     from .spec import axis_value
     from .store import ResultStore
@@ -54,10 +55,12 @@ def cmd_list(args: argparse.Namespace) -> int:
                         + ([record.added_for if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
         print(f"{grid.name} ({grid.path}): {len(grid.cells)} cells"
-              + (f", design {grid.design}" if grid.design != "full" else "") + (
+              + (f", design {grid.design}" if grid.design.kind != "full" else "") + (
             f" + {added} of {len(grid.extra_cells)} added-seed cells (max_seeds)" if grid.extra_seeds else "")
             + f"; {len({c.config.training_id for c in cells})} trainings (cells that differ only in how "
               "the trained model is measured share one)")
+        if grid.design.kind in TWO_LEVEL:
+            print("\n".join(describe(grid.axes, grid.design)))
         print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it

@@ -5,16 +5,20 @@ Frames in, frames out; `stats` does the statistics, `report` and `latex` the ren
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 import pandas as pd
 
+from .contrasts import interaction_contrasts, main_contrasts, variance_shares
+from .designs import TWO_LEVEL, Aliasing, aliasing, letters
 from .errors import AblatrixError
 from .frames import Results, class_steps, steps, varied
-from .spec import Grid, ReportSettings
+from .spec import Grid, ReportSettings, axis_value
 from .boundaries import Design
 from .stats import (DECISION_COLUMNS, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best, paired_deltas, summarize,
-                    summarize_deltas)
+                    summarize_deltas, t_interval)
 
 
 def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
@@ -65,33 +69,106 @@ def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] =
     return frame[keys + [k for k in frame if k not in keys]]
 
 
+@dataclass(frozen=True)
+class TwoLevel:
+    """A fractional or Plackett-Burman grid's factors as the analysis needs them: each axis's two
+    values (as the frames hold them), its letter, the design's aliasing, and the blocks (dataset,
+    seed, variant) whose every run is done, the only ones its contrasts use."""
+
+    levels: dict[str, list]
+    letters: dict[str, str]
+    aliasing: Aliasing
+    blocks: list[str]
+
+    def aliases(self, *factors: str, shown: int = 3) -> str:
+        """What the estimate of the term of `factors` is aliased with (terms of up to `shown` factors)."""
+        term = "".join(sorted(self.letters[f] for f in factors))
+        chain = [t for t in self.aliasing.chain(term) if t != term and len(t) <= shown]
+        partial = ", partially with two-factor interactions" if len(factors) == 1 and self.aliasing.partial else ""
+        return ", ".join(chain) + partial
+
+    def complete(self, res: Results, frame: pd.DataFrame) -> pd.DataFrame:
+        """The rows of `frame` in blocks whose every run is done."""
+        status = res.runs.groupby(self.blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
+        return frame[frame.set_index(self.blocks).index.isin(status[status].index)]
+
+
+def two_level(res: Results) -> TwoLevel | None:
+    """The two-level design of the reported grid, or None for full and one-at-a-time grids."""
+    grids = [g for g in res.grids if g.design.kind in TWO_LEVEL]
+    if not grids:
+        return None
+    if len(res.grids) > 1:
+        raise AblatrixError(f"{grids[0].name} has a {grids[0].design.kind} design: report it on its own")
+    grid = grids[0]
+    blocks = [f for f in res.factors if f not in grid.axes] + ["dataset", "seed"]
+    return TwoLevel({a: [axis_value(v) for v in values] for a, values in grid.axes.items()}, letters(grid.axes),
+                    aliasing(grid.design, len(grid.axes)), blocks)
+
+
+def _scaled(rows: pd.DataFrame, step: pd.Series, per: int = 2) -> pd.DataFrame:
+    """`rows` with `step`, the resolution of each row's delta. `stats.spread_floor` counts one step
+    per paired difference (squared coefficients summing to 2) or interaction quadruple (to 4); a
+    contrast's `weight` (its squared coefficients' sum) scales the step by sqrt(weight / per) to
+    match, so that on a full factorial a contrast and the pairs it equals get the same floor."""
+    weight = rows.pop("weight").astype(float) if "weight" in rows else per
+    return rows.assign(step=step.to_numpy() * np.sqrt(weight / per))
+
+
+def _main(done: pd.DataFrame, factor: str, res: Results, design: TwoLevel | None,
+          extra: Sequence[str] = ()) -> pd.DataFrame:
+    """One factor's paired differences, or its contrasts in a two-level design (with `weight`)."""
+    if design is None or factor not in design.levels:
+        return paired_deltas(done, factor, res.factors, "accuracy", extra)
+    return main_contrasts(design.complete(res, done), factor, design.levels[factor], [*design.blocks, *extra],
+                          "accuracy")
+
+
 def effect_tables(res: Results, settings: ReportSettings, design: Design | None = None) -> dict[str, pd.DataFrame]:
     """Paired effects of every varied factor on accuracy (percentage points), `deltas`, and the
     interaction of every pair of varied factors, `interactions`; each row with its adjusted p-value,
     adjusted interval, P(improvement), verdict and, if undecided, the seeds that would decide it.
-    With a `design` (records made by seeds on demand) the analysis is the sequential one."""
+    With a `design` (records made by seeds on demand) the analysis is the sequential one. In a
+    fractional or Plackett-Burman grid the effects are contrasts per replicate (`contrasts`), an
+    interaction is estimated once per alias chain and only where no main effect shares its chain,
+    and each row names its aliases (`aliases`)."""
     level = settings.confidence
     order = design.order if design else ()
     done = res.done.assign(accuracy=100 * res.done["test_accuracy"])
     overall, interactions = [], []
     factors = varied(res)
     step = steps(res)
+    two = two_level(res)
     for factor in factors:
-        pairs = paired_deltas(done, factor, res.factors, "accuracy")
-        pairs["step"] = pairs["dataset"].map(step)
+        pairs = _main(done, factor, res, two)
+        pairs = _scaled(pairs, pairs["dataset"].map(step))
         overall.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset"], level, order)
-                       .assign(factor=factor))
+                       .assign(factor=factor, **({"aliases": two.aliases(factor) if factor in two.levels else ""}
+                                                if two else {})))
+    chains = set()
     for a, b in itertools.combinations(factors, 2):
-        pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
+        if two and {a, b} <= set(two.levels):
+            chain = two.aliasing.chain("".join(sorted(two.letters[a] + two.letters[b])))
+            if not two.aliasing.regular or min(map(len, chain)) == 1 or chain in chains:
+                continue  # partially aliased, aliased with a main effect, or estimated under another name
+            chains.add(chain)
+            pairs = interaction_contrasts(two.complete(res, done), a, b, two.levels[a], two.levels[b], two.blocks,
+                                          "accuracy")
+            pairs = _scaled(pairs, pairs["dataset"].map(step), 4).assign(aliases=two.aliases(a, b))
+        else:
+            pairs = interaction_deltas(done, a, b, res.factors, "accuracy")
         if pairs.empty:  # the two factors never vary together (e.g. an axis absent from a variant)
             continue
         by = ["comparison_a", "level_b", "base_b", "dataset"]
         conditional = pairs.groupby(by, sort=False)[["effect_at_base", "effect_at_level"]].mean()
-        pairs = pairs.drop(columns=["effect_at_base", "effect_at_level"]).assign(step=pairs["dataset"].map(step))
+        aliases = {"aliases": pairs.pop("aliases").iat[0]} if "aliases" in pairs else {}
+        pairs = pairs.drop(columns=["effect_at_base", "effect_at_level"])
+        pairs = pairs if "step" in pairs else pairs.assign(step=pairs["dataset"].map(step))
         interactions.append(summarize_deltas(pairs, by, level, order).join(conditional, on=by)
-                            .assign(factor_a=a, factor_b=b))
-    main = _frame(overall, EFFECT_KEYS)
-    inter = _frame(interactions, INTERACTION_KEYS, [*SUMMARY_COLUMNS, "effect_at_base", "effect_at_level"])
+                            .assign(factor_a=a, factor_b=b, **aliases))
+    named = ["aliases"] if two else []
+    main = _frame(overall, EFFECT_KEYS, [*SUMMARY_COLUMNS, *named])
+    inter = _frame(interactions, INTERACTION_KEYS, [*SUMMARY_COLUMNS, "effect_at_base", "effect_at_level", *named])
     # One family per dataset: main effects and interactions are adjusted together.
     family = decide(pd.concat([main.assign(kind="main"), inter.assign(kind="interaction")], ignore_index=True),
                     ["dataset"], MAIN_METHOD, level, settings.margin, design)
@@ -115,9 +192,11 @@ def class_effect_table(res: Results, settings: ReportSettings, design: Design | 
     """The paired effect of every varied factor on each class's accuracy (pp), decided per dataset."""
     classes = res.per_class.assign(accuracy=100 * res.per_class["accuracy"])
     per_class = []
+    two = two_level(res)
     for factor in varied(res):
-        pairs = paired_deltas(classes, factor, res.factors, "accuracy", ["class_index", "class"])
+        pairs = _main(classes, factor, res, two, ["class_index", "class"])
         pairs = pairs.merge(class_steps(res), on=["dataset", "class_index"], how="left")
+        pairs = _scaled(pairs, pairs.pop("step"))
         per_class.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset", "class_index", "class"],
                                           settings.confidence, design.order if design else ()).assign(factor=factor))
     return decide(_frame(per_class, EFFECT_KEYS), ["dataset"], CLASS_METHOD, settings.confidence, settings.margin,
@@ -140,6 +219,51 @@ def against_base(res: Results, settings: ReportSettings, design: Design | None =
     pairs["step"] = pairs["dataset"].map(steps(res))
     summary = summarize_deltas(pairs, ["config", "dataset"], settings.confidence, design.order if design else ())
     return decide(summary, ["dataset"], MAIN_METHOD, settings.confidence, settings.margin, design)[columns]
+
+
+IMPORTANCE_COLUMNS = ["dataset", "term", "aliases", "share", "ci_low", "ci_high", "n"]
+
+
+def importance_table(res: Results, confidence: float) -> pd.DataFrame:
+    """Which factors matter most: each varied factor's and two-factor interaction's share (%) of the
+    variance of test accuracy between configurations (`contrasts.variance_shares`), per seed, then
+    its mean and t-interval over seeds (inside 0-100), largest first per dataset; `rest` holds the
+    higher-order interactions. For a full or fractional grid reported alone (one-at-a-time and
+    Plackett-Burman designs cannot separate interactions), over replicates whose every run is done.
+    In a fraction a term stands for its alias chain (`aliases`); a pair aliased with a main effect
+    is part of that main effect's share."""
+    if len(res.grids) != 1 or res.grids[0].design.kind not in ("full", "fractional") or res.done.empty:
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+    two = two_level(res)
+    factors = [f for f in varied(res) if not two or f in two.levels]
+    blocks = two.blocks if two else ["dataset", "seed"]
+    if two is None:
+        status = res.runs.groupby(blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
+        done = res.done[res.done.set_index(blocks).index.isin(status[status].index)]
+    else:
+        done = two.complete(res, res.done)
+    terms, chains = [(f,) for f in factors], set()
+    aliases = {f: two.aliases(f) for f in factors} if two else {}
+    for a, b in itertools.combinations(factors, 2):
+        if two:
+            chain = two.aliasing.chain("".join(sorted(two.letters[a] + two.letters[b])))
+            if min(map(len, chain)) == 1 or chain in chains:
+                continue
+            chains.add(chain)
+            aliases[f"{a} × {b}"] = two.aliases(a, b)
+        terms.append((a, b))
+    shares = variance_shares(done.assign(accuracy=100 * done["test_accuracy"]), terms, blocks, "accuracy")
+    if shares.empty:
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
+    seeds = shares.groupby(["dataset", "term", "seed"], sort=False)["share"].mean().reset_index()
+    rows = []
+    for (dataset, term), group in seeds.groupby(["dataset", "term"], sort=False):
+        mean, low, high = t_interval(group["share"].to_numpy(), confidence, bounds=(0.0, 100.0))
+        rows.append({"dataset": dataset, "term": term, "aliases": aliases.get(term, ""), "share": mean,
+                     "ci_low": low, "ci_high": high, "n": len(group)})
+    table = pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS).assign(_rest=lambda t: t["term"] == "rest")
+    table = table.sort_values(["dataset", "_rest", "share"], ascending=[True, True, False], kind="stable")
+    return table.drop(columns="_rest").reset_index(drop=True)
 
 
 def cost_table(res: Results) -> pd.DataFrame:

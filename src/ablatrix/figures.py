@@ -289,6 +289,26 @@ def forest(deltas: pd.DataFrame, interactions: pd.DataFrame, dataset: str, margi
     return f"{dataset}: effects with adjusted intervals (forest plot)", _save(fig, folder, f"forest_{dataset}")
 
 
+def importance(table: pd.DataFrame, dataset: str, confidence: float, folder: Path) -> Figure:
+    """A Pareto chart of one dataset's variance shares: each term's share with its interval over
+    seeds, largest first, and the cumulative share of the terms above it."""
+    rows = table[table["dataset"] == dataset]
+    labels = [" × ".join(short(f) for f in t.split(" × ")) + (f" (= {a})" if a else "")
+              for t, a in zip(rows["term"], rows["aliases"])]
+    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.38 * len(rows)))
+    y = np.arange(len(rows))
+    ax.barh(y, rows["share"], color="tab:blue", alpha=0.8)
+    errors = np.vstack([rows["share"] - rows["ci_low"], rows["ci_high"] - rows["share"]])
+    ax.errorbar(rows["share"], y, xerr=np.nan_to_num(errors), fmt="none", ecolor="0.2", capsize=3)
+    ax.plot(rows["share"].cumsum().clip(upper=100), y, "o-", color="tab:orange", ms=3, label="cumulative")
+    ax.set_yticks(y, [_wrap(label) for label in labels])
+    ax.invert_yaxis()
+    ax.set(xlim=(0, 100), xlabel=f"share of the variance between configurations, % (mean over seeds, "
+                                 f"{confidence:.0%} CI)", title=f"{dataset}: which factors matter most")
+    _legend(ax, "")
+    return f"{dataset}: variance shares (Pareto)", _save(fig, folder, f"importance_{dataset}")
+
+
 def _numeric(values: pd.Series) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -334,6 +354,8 @@ def draw_all(done: pd.DataFrame, per_class: pd.DataFrame, records: Records, fact
         rows = accuracy[accuracy["dataset"] == dataset]
         if (tables["deltas"]["dataset"] == dataset).any():
             drawn.append(forest(tables["deltas"], interactions, dataset, margin, confidence, folder))
+        if (tables.get("importance", pd.DataFrame(columns=["dataset"]))["dataset"] == dataset).any():
+            drawn.append(importance(tables["importance"], dataset, confidence, folder))
         if factors:
             drawn.append(curves_by_factor(history, factors, palette, dataset, folder))
         drawn.append(curves(history, tables["accuracy"], shown, dataset, folder))

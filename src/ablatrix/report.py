@@ -14,8 +14,9 @@ from tabulate import tabulate
 
 from . import figures, latex
 from .data import DATASETS, data_root
-from .effects import (accuracy_table, against_base, class_effect_table, cost_table, effect_tables, per_class_table,
-                      reference_table, report_settings)
+from .designs import TWO_LEVEL, describe
+from .effects import (accuracy_table, against_base, class_effect_table, cost_table, effect_tables, importance_table,
+                      per_class_table, reference_table, report_settings)
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
 from .frames import Results, collect, varied
@@ -121,6 +122,7 @@ def _deltas_md(deltas: pd.DataFrame, confidence: float, cap: int) -> pd.DataFram
         "verdict": deltas["verdict"],
         "seeds to decide": [_seeds(x, n, cap) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
         "depends on": deltas["interacts_with"],
+        **({"aliased with": deltas["aliases"]} if "aliases" in deltas and deltas["aliases"].astype(bool).any() else {}),
         **({"outlying seeds": deltas["outlier_seeds"]} if deltas["outlier_seeds"].astype(bool).any() else {})})
 
 
@@ -137,7 +139,8 @@ def _interactions_md(interactions: pd.DataFrame, confidence: float, cap: int) ->
         "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in interactions["p_adjusted"]],
         "seeds (pairs)": [f"{n} ({k})" for n, k in zip(interactions["n"], interactions["pairs"])],
         "verdict": interactions["verdict"],
-        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(interactions["seeds_needed"], interactions["n"])]})
+        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(interactions["seeds_needed"], interactions["n"])],
+        **({"aliased with": interactions["aliases"]} if "aliases" in interactions else {})})
 
 
 def _class_deltas_md(class_deltas: pd.DataFrame, dataset: str) -> pd.DataFrame:
@@ -157,6 +160,7 @@ def _effect_sentence(row: Any, margin: float, cap: int) -> str:
                 + (f" {_interval(row.p_improvement_low, row.p_improvement_high, False)}"
                    if not math.isnan(row.p_improvement_low) else "") + f", {_replicates(row.n, row.pairs)}")
     depends = f"; but it depends on {row.interacts_with} (see Interactions)" if row.interacts_with else ""
+    depends += _aliased(row)
     if row.outlier_seeds:
         depends += (f"; **check seed(s) {row.outlier_seeds}**: far from the other seeds' differences, they can "
                     "carry or hide this verdict on their own")
@@ -173,11 +177,21 @@ def _effect_sentence(row: Any, margin: float, cap: int) -> str:
     return f"- {change}: undecided ({evidence}); {more} would decide it if the spread holds{depends}."
 
 
+def _aliased(row: Any) -> str:
+    """A fraction's estimate is the sum of its alias chain: the sentence says what it cannot tell apart."""
+    aliases = getattr(row, "aliases", "")
+    if not aliases:
+        return ""
+    if "partially" not in aliases and all(len(term) > 2 for term in aliases.split(", ")):
+        return f"; aliased only with interactions of three or more factors ({aliases}), usually negligible"
+    return f"; **aliased with {aliases}**: the design cannot tell this estimate from theirs, which it includes"
+
+
 def _interaction_sentence(row: Any) -> str:
     return (f"- `{row.factor_a}`'s effect ({row.comparison_a}) **depends on** `{row.factor_b}`: "
             f"{row.effect_at_base:+.2f} pp at {row.base_b}, {row.effect_at_level:+.2f} pp at {row.level_b} "
             f"(difference {row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
-            f"{_replicates(row.n, row.pairs)}).")
+            f"{_replicates(row.n, row.pairs)}){_aliased(row)}.")
 
 
 def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float, cap: int = SEEDS_CAP) -> list[str]:
@@ -260,7 +274,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     cap = design.max_seeds if design else SEEDS_CAP
     tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
               "cost": cost_table(res), **effect_tables(res, settings, design),
-              "per_class_deltas": class_effect_table(res, settings, design)}
+              "per_class_deltas": class_effect_table(res, settings, design),
+              "importance": importance_table(res, settings.confidence)}
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
@@ -269,7 +284,16 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
     lines += [f"Design of {g.name}: one-at-a-time (the base, each axis at its first value, and each other "
               "value changed alone): every effect is that value against the base; interactions cannot be "
-              "estimated.\n" for g in grids if g.design == "one-at-a-time"]
+              "estimated.\n" for g in grids if g.design.kind == "one-at-a-time"]
+    for g in (g for g in grids if g.design.kind in TWO_LEVEL):
+        said = describe(g.axes, g.design)
+        lines += [f"Design of {g.name}: {g.design}. {said[0]}. {said[1]}. Each effect is a contrast per replicate "
+                  "(dataset, seed, variant): the mean over the design's runs at the factor's second value minus "
+                  "the mean at its first, decided over seeds as paired differences are; only replicates whose "
+                  "every run is done count. An estimate aliased with other terms is their sum; an interaction "
+                  "aliased with a main effect is not estimated." + (" " + said[2] if len(said) > 2 else ""), ""]
+        lines += [f"- {chain.strip()}" for chain in said[3:]] + ([""] if len(said) > 3 else [])
+    two_level = any(g.design.kind in TWO_LEVEL for g in grids)
     lines += ["## Findings", "",
               "Decided effects first (largest first), then interactions, then what is still open. "
               "Each effect changes one factor from its first value, everything else equal; the "
@@ -331,16 +355,28 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     lines += ["## Ablation effects (paired differences, percentage points)", "",
               "Each row changes one factor from its first value in the grid, everything else equal, "
               "paired on dataset and seed. `depends on`: a detected interaction (below), so the row's "
-              "average over the other factors is not the whole story.", ""]
+              "average over the other factors is not the whole story.", ""] if not two_level else [
+              "## Ablation effects (contrasts, percentage points)", "",
+              "Each row is a factor's second value against its first, the contrast over every run of the "
+              "design, per seed (see Design above). `aliased with`: terms the estimate includes.", ""]
     lines += [render(_deltas_md(tables["deltas"], settings.confidence, cap), "md") if len(tables["deltas"])
               else "Nothing varies yet, or no complete pairs.", ""]
     if len(tables["interactions"]):
         lines += ["## Interactions", "",
                   "Does one factor's effect depend on another's level? Each row is A's effect at B's "
-                  "other level minus its effect at B's first level, paired on seed and every other "
-                  "factor; `detected` when the adjusted CI excludes 0.", ""]
+                  "other level minus its effect at B's first level, "
+                  + ("from the design's four quarter means per seed, once per alias chain; " if two_level else
+                     "paired on seed and every other factor; ") + "`detected` when the adjusted CI excludes 0.", ""]
         lines += [_interaction_sentence(r) for r in detected.itertuples()] or ["No interaction detected."]
         lines += ["", render(_interactions_md(tables["interactions"], settings.confidence, cap), "md"), ""]
+    if len(tables["importance"]):
+        lines += ["## Which factors matter most", "",
+                  "Each factor's and two-factor interaction's share of the variance of test accuracy between "
+                  "configurations (functional ANOVA, per seed; mean and interval over seeds); `rest`: "
+                  "higher-order interactions. Seed noise between configurations lands in every share, so a "
+                  "factor that does nothing still gets a little.", "",
+                  render(tables["importance"].assign(**{c: tables["importance"][c].astype(float)
+                                                       for c in ("share", "ci_low", "ci_high")}), "md"), ""]
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue

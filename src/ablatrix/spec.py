@@ -18,7 +18,7 @@ from typing import Any, Iterable
 from .config import CONFIDENCE, MARGIN, ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS, SAMPLERS
 from . import datasets as _built_in  # noqa: F401  (registers the built-in datasets, which grids name)
-from .designs import DESIGNS, design_combos
+from .designs import DesignSpec, design_combos, parse_design
 from .environment import Environment
 from .sources import SOURCES, parse_source
 from .errors import AblatrixError
@@ -107,7 +107,7 @@ class GridSpec:
     references: tuple[Reference, ...]
     report: ReportSettings
     environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
-    design: str = "full"  # DESIGNS
+    design: DesignSpec = DesignSpec()
 
     @property
     def where(self) -> str:
@@ -275,9 +275,6 @@ def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
     if not isinstance(description, str):
         _fail(where, f"description = {description!r} is not allowed; expected a string")
     plugins = resolve_plugins(doc.get("plugins", []), path)
-    design = doc.get("design", "full")
-    if design not in DESIGNS:
-        _fail(where, f"design = {design!r}; choose from: {', '.join(DESIGNS)}")
     datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
     sources = {}
     for dataset in datasets:
@@ -300,6 +297,10 @@ def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
         if axis.split(".")[0] not in ("model", "train") or "." not in axis:
             _fail(where, f"axes.{axis}: an axis varies a model.* or train.* field")
         _list_of(where, f"axes.{axis}", values, object, "a non-empty list of values")
+    try:
+        design = parse_design(doc.get("design", "full"), axes)
+    except AblatrixError as exc:
+        _fail(where, str(exc))
 
     variants = _table(where, "variants", doc.get("variants", {}))
     for vname, table in variants.items():
@@ -379,9 +380,8 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
         context, train, model = resolved[vname, i]
         facts = cell_facts(vname, dataset, seed, combos[i])
         matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
-        if matched and i == 0 and spec.design == "one-at-a-time" and len(combos) > 1:
-            _fail(where, f"exclude[{matched[0]}] removes the base of the one-at-a-time design "
-                         f"({facts}): every change is measured against it")
+        if matched and (problem := spec.design.excluding(i, [rules[r] for r in matched], axes)):
+            _fail(where, f"exclude[{matched[0]}] removes {problem} ({facts})")
         if matched:
             used_rules.update(matched if seed in seeds else ())
             continue
