@@ -200,3 +200,20 @@ def test_until_decided_end_to_end_with_the_real_trainer(write_grid, tmp_path, ca
     assert len(records) >= 4 and f"{len(records)} done" in status
     assert main(["report", str(path), "--results", str(tmp_path)]) == 0
     assert "Seeds on demand: the last `ablatrix run --until-decided`" in (tmp_path / "tiny" / "REPORT.md").read_text()
+
+
+def test_seeds_on_demand_adds_whole_replicates_of_a_fraction(write_grid, tmp_path, stub_trainer):
+    """A 2^(4-1) fraction with a noisy -4 pp dropout effect: each added seed trains all 8 configurations
+    (a contrast needs the whole replicate), and seeding stops once every contrast is decided."""
+    calls, settings, options = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5)
+    fraction = GRID.replace("model.dropout = [0.0, 0.2, 0.5]", "model.dropout = [0.0, 0.5]\n"
+                            "train.lr = [0.001, 0.002]\ntrain.weight_decay = [0.0, 0.001]\n") + "[design]\nkind = \"fractional\"\n"
+    grid = load_grid(write_grid(fraction))
+    outcome = run_until_decided([grid], tmp_path, options)
+    assert outcome.reason == "decided" and outcome.rounds >= 1
+    assert len(calls) % 8 == 0 and 24 < len(calls) <= 56
+    seeds = {}
+    for record in ResultStore(tmp_path, grid.name).records().values():
+        seeds[record["config"]["seed"]] = seeds.get(record["config"]["seed"], 0) + 1
+    assert set(seeds.values()) == {8}

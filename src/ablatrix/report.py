@@ -375,8 +375,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   "configurations (functional ANOVA, per seed; mean and interval over seeds); `rest`: "
                   "higher-order interactions. Seed noise between configurations lands in every share, so a "
                   "factor that does nothing still gets a little.", "",
-                  render(tables["importance"].assign(**{c: tables["importance"][c].astype(float)
-                                                       for c in ("share", "ci_low", "ci_high")}), "md"), ""]
+                  render(tables["importance"], "md"), ""]
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue
