@@ -217,3 +217,24 @@ def test_seeds_on_demand_adds_whole_replicates_of_a_fraction(write_grid, tmp_pat
     for record in ResultStore(tmp_path, grid.name).records().values():
         seeds[record["config"]["seed"]] = seeds.get(record["config"]["seed"], 0) + 1
     assert set(seeds.values()) == {8}
+
+
+def test_seeds_on_demand_trains_every_candidate_of_a_tuned_grid_and_resumes(write_grid, tmp_path, stub_trainer):
+    """With lr tuned over two candidates, each added seed trains both candidates of each configuration it
+    adds; interrupted in a round, the next call trains no candidate twice and ends decided."""
+    calls, settings, options = stub_trainer
+    settings.update(effect_05=-4.0, noise=1.5, interrupt_at=16)
+    tuned = GRID.replace("model.dropout = [0.0, 0.2, 0.5]", "model.dropout = [0.0, 0.5]") + (
+        "[train]\nrestore_best = false\n[tune]\ntrain.lr = [0.001, 0.002]\n")
+    grid = load_grid(write_grid(tuned))
+    with pytest.raises(KeyboardInterrupt):
+        run_until_decided([grid], tmp_path, options)
+    settings["interrupt_at"] = None
+    outcome = run_until_decided([grid], tmp_path, options)
+    assert outcome.reason == "decided" and len(calls) == len(set(calls)) > 12
+    per_config = {}
+    for record in ResultStore(tmp_path, grid.name).records().values():
+        key = (record["config"]["model"]["params"]["batchnorm"], record["config"]["model"]["params"]["dropout"],
+               record["config"]["seed"])
+        per_config.setdefault(key, set()).add(record["config"]["train"]["lr"])
+    assert all(lrs == {0.001, 0.002} for lrs in per_config.values())

@@ -27,7 +27,7 @@ from .executors import executor_for, run_grids
 from .runner import RunOptions
 from .errors import AblatrixError
 from .effects import effect_tables, report_settings
-from .frames import collect
+from .frames import collect, tuned_views
 from .sequential import SEEDING_FILE, design_of, design_record, new_design, report_dir, seeding_state
 from .spec import Cell, Grid, axis_value
 from .boundaries import Design
@@ -82,9 +82,12 @@ def plan(grids: Sequence[Grid], results: Path, design: Design) -> Plan:
     possible = sum(len(g.cells) + len(g.extra_cells) for g in grids)
     if res.done.empty:
         return Plan((), (), (), stored, possible)
-    deltas = effect_tables(res, report_settings(grids), design)["deltas"]
+    analysed = tuned_views(res)[0] if any(g.tune for g in grids) else res  # a tuned grid: its selected runs
+    deltas = effect_tables(analysed, report_settings(grids), design)["deltas"]
     looks = {_effect(row): int(row.n) for row in deltas.itertuples(index=False)}
-    axes = list(dict.fromkeys(a for g in grids for a in g.axes))
+    # Cells are told apart by their axes and tuned fields: a seed added to a configuration trains
+    # every candidate of it.
+    axes = list(dict.fromkeys(a for g in grids for a in (*g.axes, *(g.tune.fields if g.tune else ()))))
     cells = {(_config(c, axes), c.config.seed): c for g in grids for c in (*g.cells, *g.extra_cells)}
     seeds = list(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
     have: dict[Config, set[int]] = {}  # seeds with a record (failed ones too: not chased again)

@@ -44,13 +44,14 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .spec import axis_value
     from .store import ResultStore
     for grid in _grids(args):
+        columns = [*grid.axes, *(grid.tune.fields if grid.tune else ())]  # what tells the cells apart
         records = {k: RunRecord.of(v) for k, v in ResultStore(args.results, grid.name).records().items()}
         cells = grid.stored_cells(records)
         rows = []
         for cell in cells:
             record = records.get(cell.run_id)
             rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
-                         *(axis_value(cell.axes.get(a, "—")) for a in grid.axes), f"{cell.params:,}",
+                         *(axis_value(cell.axes.get(a, "—")) for a in columns), f"{cell.params:,}",
                          record.status if record else "pending"]
                         + ([record.added_for if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
@@ -61,7 +62,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               "the trained model is measured share one)")
         if grid.design.kind in TWO_LEVEL:
             print("\n".join(describe(grid.axes, grid.design)))
-        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.axes, "params", "status"]
+        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *columns, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
             from .report import unavailable_data

@@ -5,6 +5,7 @@ Frames in, frames out; `stats` does the statistics, `report` and `latex` the ren
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,8 +18,8 @@ from .errors import AblatrixError
 from .frames import Results, class_steps, steps, varied
 from .spec import Grid, ReportSettings, axis_value
 from .boundaries import Design
-from .stats import (DECISION_COLUMNS, SUMMARY_COLUMNS, decide, interaction_deltas, mark_best, paired_deltas, summarize,
-                    summarize_deltas, t_interval)
+from .stats import (DECISION_COLUMNS, SUMMARY_COLUMNS, decide, expected_max, interaction_deltas, mark_best,
+                    paired_deltas, summarize, summarize_deltas, t_interval)
 
 
 def accuracy_table(res: Results, settings: ReportSettings) -> pd.DataFrame:
@@ -236,6 +237,8 @@ def importance_table(res: Results, confidence: float) -> pd.DataFrame:
         return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
     two = two_level(res)
     factors = [f for f in varied(res) if not two or f in two.levels]
+    if len(factors) < 2:  # one factor holds all the variance there is: nothing to rank
+        return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
     blocks = two.blocks if two else ["dataset", "seed"]
     if two is None:
         status = res.runs.groupby(blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
@@ -264,6 +267,43 @@ def importance_table(res: Results, confidence: float) -> pd.DataFrame:
     table = pd.DataFrame(rows, columns=IMPORTANCE_COLUMNS).assign(_rest=lambda t: t["term"] == "rest")
     table = table.sort_values(["dataset", "_rest", "share"], ascending=[True, True, False], kind="stable")
     return table.drop(columns="_rest").reset_index(drop=True)
+
+
+EXPECTED_COLUMNS = ["config", "dataset", "candidates", "mean", "ci_low", "ci_high", "n"]
+
+
+def expected_max_table(res: Results, confidence: float) -> pd.DataFrame:
+    """Expected best validation accuracy (%) against the number of candidates tried, per configuration
+    (`stats.expected_max` over its done candidates, per dataset and seed; mean and t-interval over
+    seeds with every candidate done). `res` holds every candidate's run (not a tuned view)."""
+    shown = [f for f in res.factors if res.runs[f].nunique() > 1] or res.factors
+    keys = [*shown, "dataset", "seed"]
+    rows = []
+    for key, group in res.runs.groupby(keys, sort=False):
+        if not (group["status"] == "done").all():
+            continue
+        values = 100 * group["val_accuracy"].to_numpy(dtype=float)
+        config = " ".join(f"{f.split('.')[-1]}={v}" for f, v in zip(shown, key[:len(shown)]))
+        rows += [{"config": config, "dataset": key[-2], "seed": key[-1], "candidates": n,
+                  "value": expected_max(values, n)} for n in range(1, len(values) + 1)]
+    if not rows:
+        return pd.DataFrame(columns=EXPECTED_COLUMNS)
+    out = []
+    for (config, dataset, n), group in pd.DataFrame(rows).groupby(["config", "dataset", "candidates"], sort=False):
+        mean, low, high = t_interval(group["value"].to_numpy(), confidence, bounds=(0.0, 100.0))
+        out.append({"config": config, "dataset": dataset, "candidates": n, "mean": mean, "ci_low": low,
+                    "ci_high": high, "n": len(group)})
+    return pd.DataFrame(out, columns=EXPECTED_COLUMNS)
+
+
+def tuned_against_fixed(tuned: pd.DataFrame, fixed: pd.DataFrame | None) -> pd.DataFrame:
+    """Each main effect tuned beside the same effect at the grid's own values of the tuned fields."""
+    keys = ["factor", "comparison", "dataset"]
+    columns = ["mean", "ci_low_adjusted", "ci_high_adjusted", "verdict", "n"]
+    out = tuned[[*keys, *columns]].rename(columns={c: f"tuned_{c}" for c in columns})
+    if fixed is None or fixed.empty:
+        return out.assign(**{f"fixed_{c}": math.nan for c in columns})
+    return out.merge(fixed[[*keys, *columns]].rename(columns={c: f"fixed_{c}" for c in columns}), on=keys, how="left")
 
 
 def cost_table(res: Results) -> pd.DataFrame:

@@ -309,6 +309,22 @@ def importance(table: pd.DataFrame, dataset: str, confidence: float, folder: Pat
     return f"{dataset}: variance shares (Pareto)", _save(fig, folder, f"importance_{dataset}")
 
 
+def expected_best(table: pd.DataFrame, dataset: str, confidence: float, folder: Path) -> Figure:
+    """Expected best validation accuracy against the number of candidates tried, one line per
+    configuration with its interval over seeds (Dodge et al., EMNLP 2019)."""
+    rows = table[table["dataset"] == dataset]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for config, line in rows.groupby("config", sort=False):
+        ax.plot(line["candidates"], line["mean"], "o-", ms=3, label=_wrap(config))
+        ax.fill_between(line["candidates"], line["ci_low"], line["ci_high"], alpha=0.2)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="candidates tried", ylabel=f"expected best validation accuracy, % ({confidence:.0%} CI over seeds)",
+           title=f"{dataset}: expected best validation accuracy against the tuning budget")
+    _legend(ax, "configuration")
+    return f"{dataset}: expected best validation accuracy against candidates tried", _save(
+        fig, folder, f"expected_best_{dataset}")
+
+
 def _numeric(values: pd.Series) -> bool:
     return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
 
@@ -354,8 +370,9 @@ def draw_all(done: pd.DataFrame, per_class: pd.DataFrame, records: Records, fact
         rows = accuracy[accuracy["dataset"] == dataset]
         if (tables["deltas"]["dataset"] == dataset).any():
             drawn.append(forest(tables["deltas"], interactions, dataset, margin, confidence, folder))
-        if (tables.get("importance", pd.DataFrame(columns=["dataset"]))["dataset"] == dataset).any():
-            drawn.append(importance(tables["importance"], dataset, confidence, folder))
+        for name, draw in (("importance", importance), ("expected_max", expected_best)):
+            if (tables.get(name, pd.DataFrame(columns=["dataset"]))["dataset"] == dataset).any():
+                drawn.append(draw(tables[name], dataset, confidence, folder))
         if factors:
             drawn.append(curves_by_factor(history, factors, palette, dataset, folder))
         drawn.append(curves(history, tables["accuracy"], shown, dataset, folder))

@@ -7,7 +7,7 @@ report's statistics use finished runs only and count the others beside them.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -15,7 +15,8 @@ import pandas as pd
 
 from .data import DATASETS
 from .record import RunRecord
-from .spec import Grid, axis_value
+from .spec import DEFAULT_MODEL, Grid, axis_value
+from .tuning import at_own_values, own_values, select
 from .store import ResultStore, atomic_write_text
 
 
@@ -45,7 +46,8 @@ def runs_frame(grid: Grid, records: dict[str, RunRecord]) -> pd.DataFrame:
             "test_loss": record.test.loss if done else None,
             "wall_seconds": record.wall_seconds if record else None,
             "status": record.status if record else "pending"})
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *METRIC_COLUMNS])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *(grid.tune.fields if grid.tune else ()),
+                                       *METRIC_COLUMNS])
 
 
 def tested_epoch(record: RunRecord) -> dict[str, float] | None:
@@ -106,6 +108,24 @@ def collect(grids: Sequence[Grid], results: Path, write: bool = True) -> Results
     per_class_all = pd.concat(per_class, ignore_index=True).merge(
         runs_all[["run_id", *factors, "dataset", "seed"]], on="run_id")
     return Results(list(grids), runs_all, per_class_all, all_records, factors)
+
+
+def tuned_views(res: Results) -> tuple[Results, Results | None]:
+    """A tuned grid's records seen two ways (`tuning`): the candidate each configuration selected on
+    validation per dataset and seed, and the runs at the grid's own value of every tuned field (None
+    when that value is not a candidate). Each view is analysed as an untuned grid's records."""
+    (grid,) = res.grids
+    tune = grid.tune
+    keys = [*res.factors, "dataset", "seed"]
+    val_loss = {k: tested_epoch(r)["val_loss"] for k, r in res.records.items() if r.done and r.tested.epoch}
+    chosen = select(res.runs, keys, list(tune.fields), tune.metric, val_loss)
+    own = {f: axis_value(v) for f, v in own_values(tune, grid.spec.base, DEFAULT_MODEL).items()}
+    fixed = at_own_values(res.runs, own)
+
+    def view(runs: pd.DataFrame) -> Results:
+        return replace(res, runs=runs.reset_index(drop=True),
+                       per_class=res.per_class[res.per_class["run_id"].isin(runs["run_id"])])
+    return view(chosen), view(fixed) if len(fixed) else None
 
 
 def steps(res: Results) -> dict[str, float]:

@@ -7,29 +7,35 @@ from __future__ import annotations
 import math
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Collection, Sequence
+from typing import Collection, Sequence
 
 import pandas as pd
-from tabulate import tabulate
 
 from . import figures, latex
 from .data import DATASETS, data_root
 from .designs import TWO_LEVEL, describe
-from .effects import (accuracy_table, against_base, class_effect_table, cost_table, effect_tables, importance_table,
-                      per_class_table, reference_table, report_settings)
+from .effects import (accuracy_table, against_base, class_effect_table, cost_table, effect_tables, expected_max_table,
+                      importance_table, per_class_table, reference_table, report_settings, tuned_against_fixed)
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
-from .frames import Results, collect, varied
+from .findings import (class_deltas_md, deltas_md, findings, cell_text, interaction_sentence, interactions_md, render,
+                       tuning_lines)
+from .frames import Results, collect, tuned_views, varied
 from .record import RunRecord
 from .report_html import write_html
 from .sequential import design_of, report_dir, seeding_state
-from .spec import Grid, ReportSettings
+from .spec import Grid, ReportSettings, axis_value
+from .tuning import selection_table
 from .boundaries import Design
 from .stats import RESAMPLES, SEEDS_CAP
 from .store import ResultStore, atomic_write_text
 
 
 FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
+
+
+def paths_of(grids: Sequence[Grid]) -> str:
+    return " ".join(g.path.as_posix() for g in grids)
 
 
 def unavailable_data(grids: Sequence[Grid], root: Path, skip: Collection[str] = ()) -> dict[str, str]:
@@ -46,29 +52,9 @@ def unavailable_data(grids: Sequence[Grid], root: Path, skip: Collection[str] = 
     return missing
 
 
-def _fmt(x: Any) -> str:
-    """Measurements to 2 decimals (no '-0.00'), NaN as blank, anything else as is."""
-    if isinstance(x, float) and math.isnan(x):
-        return ""
-    return f"{round(x, 2) + 0.0:.2f}" if isinstance(x, float) else str(x)
-
-
-def render(table: pd.DataFrame, fmt: str, verbatim: Sequence[str] = ()) -> str:
-    """A table as GitHub Markdown or booktabs LaTeX (2 decimals), or as full-precision CSV.
-
-    `verbatim` columns (the grid's factors, e.g. a dropout rate of 0.3) are printed as they are.
-    """
-    if fmt == "csv":
-        return table.to_csv(index=False)
-    cells = [[str(v) if c in verbatim else _fmt(v) for c, v in zip(table.columns, row)]
-             for row in table.itertuples(index=False)]
-    return tabulate(cells, headers=list(table.columns), tablefmt="github" if fmt == "md" else
-                    "latex_booktabs", disable_numparse=True)
-
-
 def _accuracy_md(table: pd.DataFrame, factors: Sequence[str], level: str) -> pd.DataFrame:
     shown = table[[*factors, "dataset"]].copy()
-    shown["accuracy %"] = [("**" if m == "best" else "") + (f"{a:.2f} ± {s:.2f}" if n > 1 else _fmt(a))
+    shown["accuracy %"] = [("**" if m == "best" else "") + (f"{a:.2f} ± {s:.2f}" if n > 1 else cell_text(a))
                            + ("**" if m == "best" else "") for a, s, n, m in
                            zip(table["mean"], table["std"], table["n"], table["mark"])]
     shown[f"{level} CI"] = [f"[{lo:.2f}, {hi:.2f}]" if not math.isnan(lo) else "" for lo, hi in
@@ -86,128 +72,6 @@ def _per_class_md(per_class: pd.DataFrame, res: Results, dataset: str) -> pd.Dat
     return rows.assign(config=labels).pivot_table(index=["class_index", "class"], columns="config",
                                                   values="accuracy", sort=False).reset_index(
         ).drop(columns="class_index")
-
-
-def _interval(low: float, high: float, signed: bool = True) -> str:
-    if math.isnan(low):
-        return "n/a"
-    return f"[{low:+.2f}, {high:+.2f}]" if signed else f"[{low:.2f}, {high:.2f}]"
-
-
-def _seeds(needed: float, n: int, cap: int) -> str:
-    """What an undecided effect still needs, in words a reader can act on."""
-    if math.isnan(needed):
-        return "≥ 2 seeds to estimate the spread" if n < 2 else ""
-    return f"> {cap}" if math.isinf(needed) else f"{needed:.0f}"
-
-
-def _replicates(n: int, pairs: int) -> str:
-    """Seeds, the unit every interval counts, and the pairs averaged within them."""
-    return f"{n} seed{'s' if n != 1 else ''}" + (f", {pairs} pairs" if pairs != n else "")
-
-
-def _deltas_md(deltas: pd.DataFrame, confidence: float, cap: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "factor": deltas["factor"], "comparison": deltas["comparison"], "dataset": deltas["dataset"],
-        "mean Δ (pp)": [f"{m:+.2f}" for m in deltas["mean"]],
-        f"{confidence:.0%} CI, adjusted": [_interval(lo, hi) for lo, hi in
-                                          zip(deltas["ci_low_adjusted"], deltas["ci_high_adjusted"])],
-        "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in deltas["p_adjusted"]],
-        "P(improvement)": [f"{p:.2f} {_interval(lo, hi, False)}" if not math.isnan(lo) else f"{p:.2f}"
-                           for p, lo, hi in zip(deltas["p_improvement"], deltas["p_improvement_low"],
-                                                deltas["p_improvement_high"])],
-        "seeds (pairs)": [f"{n} ({k})" for n, k in zip(deltas["n"], deltas["pairs"])],
-        "wins / ties / losses": [f"{w} / {t} / {lost}" for w, t, lost in
-                                 zip(deltas["wins"], deltas["ties"], deltas["losses"])],
-        "verdict": deltas["verdict"],
-        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(deltas["seeds_needed"], deltas["n"])],
-        "depends on": deltas["interacts_with"],
-        **({"aliased with": deltas["aliases"]} if "aliases" in deltas and deltas["aliases"].astype(bool).any() else {}),
-        **({"outlying seeds": deltas["outlier_seeds"]} if deltas["outlier_seeds"].astype(bool).any() else {})})
-
-
-def _interactions_md(interactions: pd.DataFrame, confidence: float, cap: int) -> pd.DataFrame:
-    return pd.DataFrame({
-        "factor A (change)": interactions["factor_a"] + " " + interactions["comparison_a"],
-        "factor B (levels)": interactions["factor_b"] + " " + interactions["base_b"] + " → " + interactions["level_b"],
-        "dataset": interactions["dataset"],
-        "A's effect at B's first level (pp)": [f"{m:+.2f}" for m in interactions["effect_at_base"]],
-        "at the other (pp)": [f"{m:+.2f}" for m in interactions["effect_at_level"]],
-        "interaction (pp)": [f"{m:+.2f}" for m in interactions["mean"]],
-        f"{confidence:.0%} CI, adjusted": [_interval(lo, hi) for lo, hi in
-                                          zip(interactions["ci_low_adjusted"], interactions["ci_high_adjusted"])],
-        "p (adj.)": [f"{p:.3g}" if not math.isnan(p) else "n/a" for p in interactions["p_adjusted"]],
-        "seeds (pairs)": [f"{n} ({k})" for n, k in zip(interactions["n"], interactions["pairs"])],
-        "verdict": interactions["verdict"],
-        "seeds to decide": [_seeds(x, n, cap) for x, n in zip(interactions["seeds_needed"], interactions["n"])],
-        **({"aliased with": interactions["aliases"]} if "aliases" in interactions else {})})
-
-
-def _class_deltas_md(class_deltas: pd.DataFrame, dataset: str) -> pd.DataFrame:
-    """Mean Δ per class and effect; `*` where the BH-adjusted interval excludes 0."""
-    rows = class_deltas[class_deltas["dataset"] == dataset]
-    effect = rows["factor"].str.split(".").str[-1] + ": " + rows["comparison"].astype(str)
-    shown = [f"{m:+.2f}" + ("*" if v in ("better", "worse") else "") for m, v in zip(rows["mean"], rows["verdict"])]
-    return rows.assign(effect=effect, shown=shown).pivot_table(
-        index=["class_index", "class"], columns="effect", values="shown", aggfunc="first", sort=False
-    ).reset_index().drop(columns="class_index")
-
-
-def _effect_sentence(row: Any, margin: float, cap: int) -> str:
-    change = f"`{row.factor}` {row.comparison}"
-    evidence = (f"{row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
-                f"P(improvement) {row.p_improvement:.2f}"
-                + (f" {_interval(row.p_improvement_low, row.p_improvement_high, False)}"
-                   if not math.isnan(row.p_improvement_low) else "") + f", {_replicates(row.n, row.pairs)}")
-    depends = f"; but it depends on {row.interacts_with} (see Interactions)" if row.interacts_with else ""
-    depends += _aliased(row)
-    if row.outlier_seeds:
-        depends += (f"; **check seed(s) {row.outlier_seeds}**: far from the other seeds' differences, they can "
-                    "carry or hide this verdict on their own")
-    if row.verdict in ("better", "worse"):
-        word = "raises" if row.verdict == "better" else "lowers"
-        return f"- {change} **{word}** test accuracy ({evidence}){depends}."
-    if row.verdict == "equivalent":
-        return f"- {change} makes **no practical difference** (inside ±{margin:g} pp: {evidence}){depends}."
-    if row.n < 2:
-        return (f"- {change}: undecided ({row.mean:+.2f} pp from {_replicates(row.n, row.pairs)}; run at least "
-                "2 seeds to estimate its spread).")
-    seeds = _seeds(row.seeds_needed, row.n, cap)
-    more = f"more than {cap} seeds" if seeds.startswith(">") else f"about {seeds} seeds"
-    return f"- {change}: undecided ({evidence}); {more} would decide it if the spread holds{depends}."
-
-
-def _aliased(row: Any) -> str:
-    """A fraction's estimate is the sum of its alias chain: the sentence says what it cannot tell apart."""
-    aliases = getattr(row, "aliases", "")
-    if not aliases:
-        return ""
-    if "partially" not in aliases and all(len(term) > 2 for term in aliases.split(", ")):
-        return f"; aliased only with interactions of three or more factors ({aliases}), usually negligible"
-    return f"; **aliased with {aliases}**: the design cannot tell this estimate from theirs, which it includes"
-
-
-def _interaction_sentence(row: Any) -> str:
-    return (f"- `{row.factor_a}`'s effect ({row.comparison_a}) **depends on** `{row.factor_b}`: "
-            f"{row.effect_at_base:+.2f} pp at {row.base_b}, {row.effect_at_level:+.2f} pp at {row.level_b} "
-            f"(difference {row.mean:+.2f} pp, adjusted CI {_interval(row.ci_low_adjusted, row.ci_high_adjusted)}, "
-            f"{_replicates(row.n, row.pairs)}){_aliased(row)}.")
-
-
-def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float, cap: int = SEEDS_CAP) -> list[str]:
-    """Findings of one dataset, decided first and largest first, in sentences."""
-    deltas = tables["deltas"][tables["deltas"]["dataset"] == dataset]
-    deltas = deltas.reindex(deltas["mean"].abs().sort_values(ascending=False).index)
-    interactions = tables["interactions"]
-    interactions = interactions[(interactions["dataset"] == dataset) & (interactions["verdict"] == "detected")]
-    interactions = interactions.reindex(interactions["mean"].abs().sort_values(ascending=False).index)
-    decided = deltas[deltas["verdict"].isin(["better", "worse", "equivalent"])]
-    open_ = deltas[deltas["verdict"] == "undecided"]
-    lines = [f"### {dataset}", ""]
-    lines += [_effect_sentence(r, margin, cap) for r in decided.itertuples()] or ["- No effect is decided yet."]
-    lines += [_interaction_sentence(r) for r in interactions.itertuples()]
-    lines += [_effect_sentence(r, margin, cap) for r in open_.itertuples()]
-    return lines + [""]
 
 
 def _provenance(records: list[RunRecord]) -> list[str]:
@@ -253,9 +117,14 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                  data_dir: Path | None = None) -> Path:
     """Rewrite the tables, figures and REPORT.md (and REPORT.html) of `grids` from their stored records alone."""
     settings = report_settings(grids)
-    res = collect(grids, results)
+    res = every = collect(grids, results)
+    fixed = None
+    if any(g.tune for g in grids):  # analysed as the selected candidates; the fixed values beside them
+        if len(grids) > 1:
+            raise AblatrixError(f"{paths_of(grids)}: a grid with [tune] is reported on its own")
+        res, fixed = tuned_views(res)
     out = report_dir(grids, results)
-    paths = " ".join(g.path.as_posix() for g in grids)
+    paths = paths_of(grids)
     root = data_root(data_dir)
     if res.done.empty:
         missing = unavailable_data(grids, root)
@@ -267,19 +136,26 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     # A committed report must not carry this machine's folders: name the data folder by its rule.
     missing = {name: message.replace(str(root), "<data>")
                for name, message in unavailable_data(grids, root, set(res.done["dataset"])).items()}
-    counts = res.runs["status"].value_counts()
+    counts = every.runs["status"].value_counts()
     datasets = list(dict.fromkeys(res.runs["dataset"]))
     state = seeding_state(grids, results)
     design = design_of(grids, state)
     cap = design.max_seeds if design else SEEDS_CAP
     tables = {"accuracy": accuracy_table(res, settings), "per_class_accuracy": per_class_table(res),
-              "cost": cost_table(res), **effect_tables(res, settings, design),
+              "cost": cost_table(every), **effect_tables(res, settings, design),
               "per_class_deltas": class_effect_table(res, settings, design),
               "importance": importance_table(res, settings.confidence)}
+    if fixed is not None or res is not every:
+        tune = grids[0].tune
+        tables["tuned_vs_fixed"] = tuned_against_fixed(
+            tables["deltas"], effect_tables(fixed, settings)["deltas"] if fixed is not None else None)
+        tables["selection"] = selection_table(res.runs, varied(res), list(tune.fields), {
+            f: [axis_value(c[i]) for c in tune.candidates] for i, f in enumerate(tune.fields)})
+        tables["expected_max"] = expected_max_table(every, settings.confidence)
     lines = [f"# {out.name}: ablation report", ""]
     lines += [f"{g.name}: {g.description}" if len(grids) > 1 else g.description
               for g in grids if g.description] + [""]
-    lines += [f"Grid file(s) `{paths}`: {len(res.runs)} cells ({counts.get('done', 0)} done, "
+    lines += [f"Grid file(s) `{paths}`: {len(every.runs)} cells ({counts.get('done', 0)} done, "
               f"{counts.get('failed', 0)} failed, {counts.get('pending', 0)} pending). "
               f"Regenerate with `ablatrix report {paths}` (trains nothing).", ""]
     lines += [f"Design of {g.name}: one-at-a-time (the base, each axis at its first value, and each other "
@@ -359,7 +235,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               "## Ablation effects (contrasts, percentage points)", "",
               "Each row is a factor's second value against its first, the contrast over every run of the "
               "design, per seed (see Design above). `aliased with`: terms the estimate includes.", ""]
-    lines += [render(_deltas_md(tables["deltas"], settings.confidence, cap), "md") if len(tables["deltas"])
+    lines += [render(deltas_md(tables["deltas"], settings.confidence, cap), "md") if len(tables["deltas"])
               else "Nothing varies yet, or no complete pairs.", ""]
     if len(tables["interactions"]):
         lines += ["## Interactions", "",
@@ -367,8 +243,10 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   "other level minus its effect at B's first level, "
                   + ("from the design's four quarter means per seed, once per alias chain; " if two_level else
                      "paired on seed and every other factor; ") + "`detected` when the adjusted CI excludes 0.", ""]
-        lines += [_interaction_sentence(r) for r in detected.itertuples()] or ["No interaction detected."]
-        lines += ["", render(_interactions_md(tables["interactions"], settings.confidence, cap), "md"), ""]
+        lines += [interaction_sentence(r) for r in detected.itertuples()] or ["No interaction detected."]
+        lines += ["", render(interactions_md(tables["interactions"], settings.confidence, cap), "md"), ""]
+    if "selection" in tables:
+        lines += tuning_lines(tables, grids[0], settings.confidence)
     if len(tables["importance"]):
         lines += ["## Which factors matter most", "",
                   "Each factor's and two-factor interaction's share of the variance of test accuracy between "
@@ -388,8 +266,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         if len(tables["per_class_deltas"]):
             lines += [f"### Per-class effects (mean Δ pp) on {dataset}", "",
                       "`*`: the Benjamini–Hochberg adjusted interval excludes 0.", "",
-                      render(_class_deltas_md(tables["per_class_deltas"], dataset), "md"), ""]
-    total = res.runs["wall_seconds"].sum()
+                      render(class_deltas_md(tables["per_class_deltas"], dataset), "md"), ""]
+    total = every.runs["wall_seconds"].sum()
     lines += ["## Cost", "", f"Total wall time of stored runs: {total:.1f} s.", "",
               render(tables["cost"], "md", res.factors), ""]
     damaged = [path for g in grids for path in ResultStore(results, g.name).damaged()]
@@ -397,7 +275,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
         lines += ["## Damaged records", "", "These files could not be read as records and were set "
                   "aside; their cells count as not trained. Delete them once you have looked.", ""]
         lines += [f"- `{path.relative_to(results).as_posix()}`" for path in damaged] + [""]
-    failed = res.runs[res.runs["status"] == "failed"]
+    failed = every.runs[every.runs["status"] == "failed"]
     if len(failed):
         lines += ["## Failed runs", ""]
         lines += [f"- `{r.run_id}` {r.variant} {r.dataset} seed {r.seed}: {res.records[r.run_id].error}"

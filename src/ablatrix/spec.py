@@ -6,12 +6,10 @@ Every error names the file, the field, the bad value and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import json
-import re
-import sys
-import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -22,25 +20,22 @@ from .designs import DesignSpec, design_combos, parse_design
 from .environment import Environment
 from .sources import SOURCES, parse_source
 from .errors import AblatrixError
+from .gridfile import (NAME_PATTERN, build_dataclass, fail, flatten, list_of, merge, parse_override, read_toml,
+                       set_path, table_of, type_ok)
 from .models import check_model, create_model, resolve_params
 from .optim import check_training
+from .tuning import TuneSpec, parse_tune
 
 
 def axis_value(value: Any) -> Any:
     """Scalars as they are; lists (e.g. conv widths) as compact JSON so they can be grouped on."""
     return json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else value
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - exercised on Python 3.10 only
-    import tomli as tomllib
-
 GRID_KEYS = ("name", "description", "datasets", "seeds", "max_seeds", "plugins", "train", "model",
-             "axes", "design", "variants", "exclude", "references", "report")
+             "axes", "design", "tune", "variants", "exclude", "references", "report")
 METRICS = ("test_accuracy", "val_accuracy")  # what a published reference number is compared with
 VARIANT_KEYS = ("description", "model", "train")
 DEFAULT_MODEL = "convnet"
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 
 
 @dataclass(frozen=True)
@@ -108,6 +103,7 @@ class GridSpec:
     report: ReportSettings
     environment: Environment  # the plugins it names (resolved paths) and its datasets named by path
     design: DesignSpec = DesignSpec()
+    tune: TuneSpec | None = None  # its candidates train for every configuration; not an axis
 
     @property
     def where(self) -> str:
@@ -133,6 +129,7 @@ class Grid:
     report = property(lambda self: self.spec.report)
     environment = property(lambda self: self.spec.environment)
     design = property(lambda self: self.spec.design)
+    tune = property(lambda self: self.spec.tune)
 
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
@@ -140,112 +137,11 @@ class Grid:
         return self.cells + tuple(c for c in self.extra_cells if c.run_id in ids)
 
 
-def _fail(where: str, message: str) -> typing.NoReturn:
-    raise AblatrixError(f"{where}: {message}")
-
-
-def _type_ok(value: Any, expected: type) -> bool:
-    if expected is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if expected is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    return isinstance(value, expected)
-
-
-def build_dataclass(cls: type, data: dict[str, Any], where: str, prefix: str) -> Any:
-    """`cls(**data)` with unknown keys, wrong types and disallowed values reported by name."""
-    known = {f.name: f for f in fields(cls)}
-    hints = typing.get_type_hints(cls)
-    for key in data:
-        if key not in known:
-            _fail(where, f"unknown field {prefix}{key}; allowed: {', '.join(known)}")
-    values = {}
-    for key, value in data.items():
-        expected, spec = hints[key], known[key].metadata
-        if not _type_ok(value, expected):
-            _fail(where, f"{prefix}{key} = {value!r} is not allowed; expected {expected.__name__}")
-        if "check" in spec and not spec["check"](value):
-            _fail(where, f"{prefix}{key} = {value!r} is not allowed; expected {spec['allowed']}")
-        values[key] = float(value) if expected is float else value
-    return cls(**values)
-
-
-def _flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """{'model': {'dropout': [..]}} -> {'model.dropout': [..]}."""
-    flat = {}
-    for key, value in table.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
-def _set_path(doc: dict[str, Any], path: str, value: Any, where: str) -> None:
-    *parents, leaf = path.split(".")
-    node = doc
-    for part in parents:
-        node = node.setdefault(part, {})
-        if not isinstance(node, dict):
-            _fail(where, f"{path}: {part} is not a table")
-    node[leaf] = value
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """'train.epochs=1' -> ('train.epochs', 1); a value that is not TOML is taken as a string."""
-    key, sep, raw = item.partition("=")
-    key = key.strip()
-    if not sep or not key or not all(NAME_PATTERN.fullmatch(p) for p in key.split(".")):
-        raise AblatrixError(f"--set {item!r}: expected KEY=VALUE, e.g. train.epochs=1")
-    try:
-        return key, tomllib.loads(f"v = {raw}")["v"]
-    except tomllib.TOMLDecodeError:
-        return key, raw.strip()
-
-
-def _read(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AblatrixError(f"{path}: cannot read grid file: {exc.strerror}") from None
-    except UnicodeDecodeError as exc:
-        raise AblatrixError(f"{path}: not a text file in UTF-8 (byte {exc.start} is "
-                            f"{exc.object[exc.start:exc.start + 1]!r}); save it as UTF-8") from None
-    if not text.strip():
-        raise AblatrixError(f"{path}: the grid file is empty; it needs at least datasets and seeds")
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise AblatrixError(f"{path}: malformed TOML: {exc}") from None
-
-
 def resolve_plugins(plugins: Any, path: Path) -> tuple[str, ...]:
     """The grid's `plugins`: dotted module names as given, .py files as absolute paths."""
     if not isinstance(plugins, list) or not all(isinstance(p, str) for p in plugins):
-        _fail(str(path), f"plugins = {plugins!r} is not allowed; expected a list of module names or .py paths")
+        fail(str(path), f"plugins = {plugins!r} is not allowed; expected a list of module names or .py paths")
     return tuple(str((path.parent / p).resolve()) if p.endswith(".py") else p for p in plugins)
-
-
-def _list_of(where: str, key: str, value: Any, kind: type, allowed: str) -> list:
-    if not (isinstance(value, list) and value and all(_type_ok(v, kind) for v in value)):
-        _fail(where, f"{key} = {value!r} is not allowed; expected {allowed}")
-    if len({json.dumps(v) for v in value}) != len(value):
-        _fail(where, f"{key} = {value!r} repeats a value")
-    return value
-
-
-def _table(where: str, key: str, value: Any) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        _fail(where, f"{key} = {value!r} is not allowed; expected a table")
-    return value
-
-
-def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
-    merged = dict(base)
-    for key, value in over.items():
-        merged[key] = _merge(merged[key], value) if isinstance(value, dict) and isinstance(
-            merged.get(key), dict) else value
-    return merged
 
 
 def load_grid(path: str | Path, overrides: Iterable[str] = ()) -> Grid:
@@ -260,80 +156,90 @@ def parse_grid(path: str | Path, overrides: Iterable[str] = ()) -> GridSpec:
     references, report settings); raise AblatrixError on any bad input."""
     path = Path(path)
     where = str(path)
-    doc = _read(path)
+    doc = read_toml(path)
     parsed = [parse_override(item) for item in overrides]
     for key, value in parsed:
-        _set_path(doc, key, value, f"{where} (--set)")
+        set_path(doc, key, value, f"{where} (--set)")
 
     for key in doc:
         if key not in GRID_KEYS:
-            _fail(where, f"unknown field {key}; allowed: {', '.join(GRID_KEYS)}")
+            fail(where, f"unknown field {key}; allowed: {', '.join(GRID_KEYS)}")
     name = doc.get("name", path.stem)
     if not (isinstance(name, str) and NAME_PATTERN.fullmatch(name)):
-        _fail(where, f"name = {name!r} is not allowed; expected letters, digits, '_', '-', '.'")
+        fail(where, f"name = {name!r} is not allowed; expected letters, digits, '_', '-', '.'")
     description = doc.get("description", "")
     if not isinstance(description, str):
-        _fail(where, f"description = {description!r} is not allowed; expected a string")
+        fail(where, f"description = {description!r} is not allowed; expected a string")
     plugins = resolve_plugins(doc.get("plugins", []), path)
-    datasets = _list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
+    datasets = list_of(where, "datasets", doc.get("datasets"), str, "a non-empty list of dataset names")
     sources = {}
     for dataset in datasets:
         source = parse_source(dataset)
         if source is not None or dataset.startswith("torchvision:"):
             sources[dataset] = str((path.parent / source[1]).resolve()) if source else ""
-    seeds = _list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
+    seeds = list_of(where, "seeds", doc.get("seeds"), int, "a non-empty list of integers >= 0")
     if min(seeds) < 0:
-        _fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
+        fail(where, f"seeds = {seeds!r} is not allowed; expected a non-empty list of integers >= 0")
     max_seeds = doc.get("max_seeds", len(seeds))
-    if not (_type_ok(max_seeds, int) and max_seeds >= len(seeds)):
-        _fail(where, f"max_seeds = {max_seeds!r} is not allowed; expected an integer >= the {len(seeds)} seeds")
+    if not (type_ok(max_seeds, int) and max_seeds >= len(seeds)):
+        fail(where, f"max_seeds = {max_seeds!r} is not allowed; expected an integer >= the {len(seeds)} seeds")
     unused = (s for s in itertools.count() if s not in seeds)
     extra_seeds = [next(unused) for _ in range(max_seeds - len(seeds))]
-    base = {"train": _table(where, "train", doc.get("train", {})),
-            "model": _table(where, "model", doc.get("model", {}))}
+    base = {"train": table_of(where, "train", doc.get("train", {})),
+            "model": table_of(where, "model", doc.get("model", {}))}
 
-    axes = _flatten(_table(where, "axes", doc.get("axes", {})), "")
+    axes = flatten(table_of(where, "axes", doc.get("axes", {})), "")
     for axis, values in axes.items():
         if axis.split(".")[0] not in ("model", "train") or "." not in axis:
-            _fail(where, f"axes.{axis}: an axis varies a model.* or train.* field")
-        _list_of(where, f"axes.{axis}", values, object, "a non-empty list of values")
+            fail(where, f"axes.{axis}: an axis varies a model.* or train.* field")
+        list_of(where, f"axes.{axis}", values, object, "a non-empty list of values")
     try:
         design = parse_design(doc.get("design", "full"), axes)
     except AblatrixError as exc:
-        _fail(where, str(exc))
+        fail(where, str(exc))
 
-    variants = _table(where, "variants", doc.get("variants", {}))
+    variants = table_of(where, "variants", doc.get("variants", {}))
     for vname, table in variants.items():
-        for key in _table(where, f"variants.{vname}", table):
+        for key in table_of(where, f"variants.{vname}", table):
             if key not in VARIANT_KEYS:
-                _fail(where, f"variants.{vname}: unknown field {key}; allowed: {', '.join(VARIANT_KEYS)}")
+                fail(where, f"variants.{vname}: unknown field {key}; allowed: {', '.join(VARIANT_KEYS)}")
     # The grid's own model and train tables are always a variant: adding a variant (in the file or
     # by --set) adds cells and never drops the base ones. A variant that changes nothing is the
     # base under its own name; `[[exclude]] variant = "base"` drops it on purpose.
     if not any(set(table) <= {"description"} for table in variants.values()):
         variants = {"base": {}, **variants}
+    tune = None
+    if "tune" in doc:
+        try:
+            tune = parse_tune(table_of(where, "tune", doc["tune"]), axes,
+                              base["train"].get("restore_best", True))
+        except AblatrixError as exc:
+            fail(where, str(exc))
+        for vname, table in variants.items():
+            for key in set(flatten(table)) & set(tune.fields):
+                fail(where, f"variant {vname!r} sets {key}, which [tune] tunes: tuning picks it for every variant")
     for key, _ in parsed:
         if key in axes:
-            _fail(where, f"--set {key} would be overridden by axes.{key}; set axes.{key} instead")
+            fail(where, f"--set {key} would be overridden by axes.{key}; set axes.{key} instead")
         for vname, table in variants.items():
-            if key in _flatten(table):
-                _fail(where, f"--set {key} would be overridden by variant {vname!r}; "
+            if key in flatten(table):
+                fail(where, f"--set {key} would be overridden by variant {vname!r}; "
                              f"set variants.{vname}.{key} instead")
 
     exclude = doc.get("exclude", [])
     if not (isinstance(exclude, list) and all(isinstance(rule, dict) for rule in exclude)):
-        _fail(where, "exclude: expected [[exclude]] tables")
-    rules = [_flatten(rule) for rule in exclude]
+        fail(where, "exclude: expected [[exclude]] tables")
+    rules = [flatten(rule) for rule in exclude]
     for i, rule in enumerate(rules):
         for key in rule:
             if key not in ("variant", "dataset", "seed", *axes):
-                _fail(where, f"exclude[{i}]: {key} is neither variant, dataset, seed nor an axis")
+                fail(where, f"exclude[{i}]: {key} is neither variant, dataset, seed nor an axis")
 
     references = _references(doc.get("references", []), axes, where)
-    report = build_dataclass(ReportSettings, _table(where, "report", doc.get("report", {})), where, "report.")
+    report = build_dataclass(ReportSettings, table_of(where, "report", doc.get("report", {})), where, "report.")
     return GridSpec(name, path, description, tuple(datasets), tuple(seeds), tuple(extra_seeds), base, axes, variants,
                     tuple(exclude), tuple(rules), references, report, Environment(plugins, tuple(sources.items())),
-                    design)
+                    design, tune)
 
 
 def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
@@ -345,32 +251,33 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
     seeds, datasets, base = spec.seeds, spec.datasets, spec.base
     for dataset in datasets:
         if dataset not in hashes and dataset not in DATASETS:
-            _fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
+            fail(where, f"datasets: unknown dataset {dataset!r}; choose from: {', '.join(sorted(DATASETS))}, "
                          f"data by path: {', '.join(f'{k}:PATH' for k in sorted(SOURCES))}, or torchvision:NAME")
-    combos = design_combos(axes, spec.design)
+    candidates = spec.tune.combos() if spec.tune else [{}]  # each configuration trains every candidate
+    combos = [{**combo, **c} for combo in design_combos(axes, spec.design) for c in candidates]
     resolved = {}
     for vname, table in variants.items():
         for i, combo in enumerate(combos):
             context = f"{where}: variant {vname!r}" + "".join(
                 f", {k}={json.dumps(v)}" for k, v in combo.items())
-            doc_cell = _merge(base, {k: v for k, v in table.items() if k != "description"})
+            doc_cell = copy.deepcopy(merge(base, {k: v for k, v in table.items() if k != "description"}))
             for axis, value in combo.items():
-                _set_path(doc_cell, axis, value, context)
+                set_path(doc_cell, axis, value, context)
             train = build_dataclass(TrainConfig, doc_cell["train"], context, "train.")
             try:
                 check_training(train)
             except AblatrixError as exc:
-                _fail(context, str(exc))
+                fail(context, str(exc))
             for key, registry in (("augment", AUGMENTATIONS), ("sampler", SAMPLERS)):
                 if getattr(train, key) not in registry:
-                    _fail(context, f"train.{key} = {getattr(train, key)!r}; choose from: "
+                    fail(context, f"train.{key} = {getattr(train, key)!r}; choose from: "
                                    f"{', '.join(sorted(registry))}")
             model_doc = dict(doc_cell["model"])
             model_name = model_doc.pop("name", DEFAULT_MODEL)
             try:
                 model = ModelConfig(model_name, resolve_params(model_name, model_doc))
             except AblatrixError as exc:
-                _fail(context, f"model: {exc}")
+                fail(context, f"model: {exc}")
             resolved[vname, i] = (context, train, model)
 
     n_params: dict[tuple[str, str], int] = {}
@@ -380,8 +287,8 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
         context, train, model = resolved[vname, i]
         facts = cell_facts(vname, dataset, seed, combos[i])
         matched = [r for r, rule in enumerate(rules) if rule_matches(rule, facts)]
-        if matched and (problem := spec.design.excluding(i, [rules[r] for r in matched], axes)):
-            _fail(where, f"exclude[{matched[0]}] removes {problem} ({facts})")
+        if matched and (problem := spec.design.excluding(i // len(candidates), [rules[r] for r in matched], axes)):
+            fail(where, f"exclude[{matched[0]}] removes {problem} ({facts})")
         if matched:
             used_rules.update(matched if seed in seeds else ())
             continue
@@ -392,28 +299,28 @@ def expand(spec: GridSpec, hashes: dict[str, str]) -> Grid:
                 built = create_model(model.name, info.input_shape, len(info.classes), **model.params)
                 n_params[key] = check_model(built, info.input_shape, len(info.classes))
             except AblatrixError as exc:
-                _fail(f"{context}, dataset {dataset!r}", f"model: {exc}")
+                fail(f"{context}, dataset {dataset!r}", f"model: {exc}")
         cell = Cell(name, vname, combos[i], RunConfig(dataset, seed, model, train, hashes.get(dataset, "")),
                     n_params[key])
         if cell.run_id in cells:
-            _fail(where, f"{cells[cell.run_id].label()!r} and {cell.label()!r} are the same run "
+            fail(where, f"{cells[cell.run_id].label()!r} and {cell.label()!r} are the same run "
                          "(identical resolved config); drop one or exclude it")
         cells[cell.run_id] = cell
     for r in range(len(rules)):
         if r not in used_rules:
-            _fail(where, f"exclude[{r}] = {spec.exclude[r]!r} matches no cell")
+            fail(where, f"exclude[{r}] = {spec.exclude[r]!r} matches no cell")
     extra = tuple(c for c in cells.values() if c.config.seed not in seeds)
     cells = {k: c for k, c in cells.items() if c.config.seed in seeds}
     if not cells:
-        _fail(where, "every cell is excluded")
+        fail(where, "every cell is excluded")
     for i, ref in enumerate(spec.references):
         # A reference for a dataset left out (e.g. by --set datasets=...) simply has no runs.
         if ref.match.get("dataset", datasets[0]) in datasets and not any(
                 ref.matches(c.facts) for c in cells.values()):
-            _fail(where, f"references[{i}] matches no cell: {ref.match!r}")
+            fail(where, f"references[{i}] matches no cell: {ref.match!r}")
         wrong = [c for c in cells.values() if ref.params and ref.matches(c.facts) and c.params != ref.params]
         if wrong:
-            _fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
+            fail(where, f"references[{i}] is for a model of {ref.params:,} parameters, but {wrong[0].label()!r} "
                          f"has {wrong[0].params:,}: the published number would sit beside another model")
     return Grid(spec, tuple(cells.values()), extra)
 
@@ -430,21 +337,21 @@ def rule_matches(rule: dict[str, Any], facts: dict[str, Any]) -> bool:
 
 def _references(tables: Any, axes: dict[str, Any], where: str) -> tuple[Reference, ...]:
     if not (isinstance(tables, list) and all(isinstance(t, dict) for t in tables)):
-        _fail(where, "references: expected [[references]] tables")
+        fail(where, "references: expected [[references]] tables")
     references = []
     for i, table in enumerate(tables):
-        flat = _flatten(table)
+        flat = flatten(table)
         value, metric, source = flat.pop("value", None), flat.pop("metric", "test_accuracy"), flat.pop("source", "")
         params = flat.pop("params", None)
-        if params is not None and not (_type_ok(params, int) and params > 0):
-            _fail(where, f"references[{i}].params = {params!r} is not allowed; expected the model's parameter count")
-        if not _type_ok(value, float):
-            _fail(where, f"references[{i}].value = {value!r} is not allowed; expected a number (percent)")
+        if params is not None and not (type_ok(params, int) and params > 0):
+            fail(where, f"references[{i}].params = {params!r} is not allowed; expected the model's parameter count")
+        if not type_ok(value, float):
+            fail(where, f"references[{i}].value = {value!r} is not allowed; expected a number (percent)")
         if metric not in METRICS:
-            _fail(where, f"references[{i}].metric = {metric!r}; choose from: {', '.join(METRICS)}")
+            fail(where, f"references[{i}].metric = {metric!r}; choose from: {', '.join(METRICS)}")
         for key in flat:
             if key not in ("variant", "dataset", *axes):
-                _fail(where, f"references[{i}]: {key} is neither variant, dataset, an axis, value, metric, "
+                fail(where, f"references[{i}]: {key} is neither variant, dataset, an axis, value, metric, "
                              "source nor params")
         references.append(Reference(flat, metric, float(value), str(source), params))
     return tuple(references)

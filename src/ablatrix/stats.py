@@ -374,6 +374,15 @@ def decide(summary: pd.DataFrame, family: Sequence[str], method: str = "holm",
     return out
 
 
+def expected_max(values: Sequence[float], n: int) -> float:
+    """The expected best of n candidates drawn without replacement from these N results: the unbiased
+    estimator of Tang et al. (ACL 2020) for the expected validation performance curve of Dodge et
+    al. (EMNLP 2019), sum over i of v_(i) C(i-1, n-1) / C(N, n), v sorted ascending."""
+    v = np.sort(np.asarray(values, dtype=float))
+    total = math.comb(len(v), n)
+    return float(sum(v[i - 1] * math.comb(i - 1, n - 1) for i in range(n, len(v) + 1)) / total)
+
+
 def interaction_deltas(runs: pd.DataFrame, a: str, b: str, factors: Sequence[str], value: str) -> pd.DataFrame:
     """Interaction contrasts of factors `a` and `b` on paired runs.
 
