@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .runner import RunOptions
     from .spec import Grid
 
-EXECUTOR_NAMES = ("local", "ray")  # executors.EXECUTORS' names, listed here so --help needs no torch
+EXECUTOR_NAMES = ("local", "ray", "slurm")  # executors.EXECUTORS' names, listed here so --help needs no torch
 FORMAT_NAMES = ("md", "tex", "csv", "html")  # report.FORMATS, likewise
 
 
@@ -79,14 +79,17 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
 
     from .data import data_root
     from .runner import RunOptions, resolve_device
-    flags = {"local": {"--device": args.device, "--workers": args.workers, "--runs-per-gpu": args.runs_per_gpu},
-             "ray": {"--address": args.address, "--gpus-per-run": args.gpus_per_run,
-                     "--cpus-per-run": args.cpus_per_run}}
-    for executor, given in flags.items():
-        for flag, value in given.items():
-            if executor != args.executor and value is not None:
-                raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; "
-                                    f"it takes {', '.join(flags[args.executor])}")
+    flags = {"--device": ("local", args.device), "--workers": ("local", args.workers),
+             "--runs-per-gpu": ("local", args.runs_per_gpu), "--address": ("ray", args.address),
+             "--gpus-per-run": ("ray slurm", args.gpus_per_run), "--cpus-per-run": ("ray slurm", args.cpus_per_run),
+             "--partition": ("slurm", args.partition), "--time-limit": ("slurm", args.time_limit),
+             "--tasks": ("slurm", args.tasks), "--array-parallelism": ("slurm", args.array_parallelism),
+             "--sbatch-arg": ("slurm", args.sbatch_arg or None), "--python": ("slurm", args.python),
+             "--detach": ("slurm", args.detach or None)}
+    for flag, (executors, value) in flags.items():
+        if args.executor not in executors.split() and value is not None:
+            raise AblatrixError(f"{flag} does not apply to --executor {args.executor}; it takes "
+                                + ", ".join(f for f, (e, _) in flags.items() if args.executor in e.split()))
     if args.max_retries < 0:
         raise AblatrixError("--max-retries takes an integer >= 0")
     if args.checkpoint_seconds < 0:
@@ -98,6 +101,17 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
                   executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries,
                   checkpoint_seconds=args.checkpoint_seconds,
                   checkpoint_dir=args.checkpoint_dir and args.checkpoint_dir.resolve())
+    if args.executor == "slurm":
+        from .executors.slurm import SlurmOptions, check
+        slurm = SlurmOptions(args.partition, args.time_limit, 2 if args.tasks is None else args.tasks,
+                             args.array_parallelism, tuple(args.sbatch_arg), args.python or sys.executable, args.detach)
+        check(slurm)
+        gpus = 0 if args.gpus_per_run is None else args.gpus_per_run
+        if gpus < 0 or not float(gpus).is_integer() or (args.cpus_per_run or 1) < 1:
+            raise AblatrixError("slurm: --gpus-per-run takes a whole number of GPUs per task; --cpus-per-run an "
+                                "integer >= 1")
+        return RunOptions(torch.device("cuda" if gpus else "cpu"), gpus_per_run=gpus, slurm=slurm,
+                          cpus_per_run=args.cpus_per_run or 1, **common)
     if args.executor == "ray":
         gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
         cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
@@ -153,6 +167,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if status.damaged:
             print(f"  {len(status.damaged)} damaged record(s) set aside, their cells count as not "
                   f"trained: {', '.join(str(p) for p in status.damaged)}")
+    from .executors.slurm import arrays
+    for job, queued in arrays(args.results):
+        print(f"slurm job array {job}: {queued} task(s) pending or running")
     return 0
 
 
@@ -267,12 +284,22 @@ def build_parser() -> argparse.ArgumentParser:
                               help="CUDA: no mixed precision, no channels_last")
             verb.add_argument("--compile", action="store_true", help="torch.compile each model")
             verb.add_argument("--executor", default="local", choices=EXECUTOR_NAMES,
-                              help="local processes, or tasks on a Ray cluster (default: local)")
+                              help="local processes, tasks on a Ray cluster, or a Slurm job array (default: local)")
             verb.add_argument("--address", metavar="HOST:PORT", help="ray: the cluster to join (default: start a local Ray)")
             verb.add_argument("--gpus-per-run", type=float, metavar="F",
-                              help="ray: GPU share each cell asks for, e.g. 0.25 (default 0: CPU)")
+                              help="ray: GPU share each cell asks for, e.g. 0.25; slurm: GPUs per task (default 0: CPU)")
             verb.add_argument("--cpus-per-run", type=int, metavar="N",
-                              help="ray: CPUs each cell asks for, also its torch threads (default 1)")
+                              help="ray, slurm: CPUs each cell (task) asks for, also its torch threads (default 1)")
+            verb.add_argument("--partition", help="slurm: the partition (default: the cluster's)")
+            verb.add_argument("--time-limit", metavar="TIME", help="slurm: each task's time limit, as sbatch --time")
+            verb.add_argument("--tasks", type=int, metavar="N", help="slurm: tasks in the job array (default 2)")
+            verb.add_argument("--array-parallelism", type=int, metavar="N",
+                              help="slurm: tasks of the array running at once (default: as Slurm allows)")
+            verb.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                              help="slurm: an extra sbatch argument, e.g. --sbatch-arg=--qos=short (repeatable)")
+            verb.add_argument("--python", metavar="PATH", help="slurm: the tasks' Python (default: this one)")
+            verb.add_argument("--detach", action="store_true",
+                              help="slurm: submit and return; `ablatrix status` shows the progress")
     fetch = verbs.add_parser("fetch", help="download datasets into the data folder, where possible",
                              description="download datasets into the data folder, where possible. Docs: docs/datasets.md")
     fetch.set_defaults(func=cmd_fetch)

@@ -58,6 +58,7 @@ class RunOptions:
     # executor; none with Ray unless a folder every node sees is given).
     checkpoint_seconds: float = 10.0
     checkpoint_dir: Path | None = None
+    slurm: Any = None  # slurm: the array's `executors.slurm.SlurmOptions`
     trainer: Trainer = train_unit
 
     @property

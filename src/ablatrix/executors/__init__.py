@@ -3,7 +3,7 @@ of --until-decided), through `runner.run_claimed` or the same steps spread over 
 tasks, and keeps its workers until `close` (it is a context manager).
 
 `local` runs units one after another, or in `workers` spawned processes; `ray` makes each unit a
-Ray task on a cluster (or a local Ray). A new executor is one module here with a class taking
+Ray task on a cluster (or a local Ray); `slurm` submits the units as a Slurm job array. A new executor is one module here with a class taking
 `RunOptions`, registered in `EXECUTORS`, and its flags in `cli._run_options`.
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from ..spec import Grid
 from ..store import ResultStore
 from .local import LocalExecutor
 from .ray import RayExecutor
+from .slurm import SlurmExecutor
 
 
 class Executor(Protocol):
@@ -32,6 +33,7 @@ class Executor(Protocol):
 EXECUTORS: Registry[Callable[[RunOptions], Executor]] = Registry("executor")
 EXECUTORS.register("local")(LocalExecutor)
 EXECUTORS.register("ray")(RayExecutor)
+EXECUTORS.register("slurm")(SlurmExecutor)
 
 
 def executor_for(grids: Sequence[Grid], options: RunOptions) -> Executor:
