@@ -201,3 +201,9 @@ def test_without_sbatch_the_slurm_executor_says_what_to_install(write_grid, tmp_
     monkeypatch.setenv("PATH", str(tmp_path))
     assert main(["run", str(write_grid()), "--results", str(tmp_path), "--executor", "slurm"]) == 2
     assert "no sbatch on PATH; install Slurm's client tools" in capsys.readouterr().err
+
+
+def test_detach_cannot_follow_the_rounds_of_seeds_on_demand(write_grid, tmp_path, capsys):
+    assert main(["run", str(write_grid()), "--results", str(tmp_path), "--executor", "slurm", "--detach",
+                 "--until-decided"]) == 2
+    assert "--detach returns before anything trains" in capsys.readouterr().err

@@ -129,3 +129,15 @@ def test_a_tuned_report_selects_on_validation_and_sets_the_fixed_effect_beside_t
     assert selection["selected"].tolist() == ["0.001: 0, 0.003: 3"] * 2
     assert (tmp_path / "tuned" / "figures" / "expected_best_digits.png").exists()
     assert pd.read_csv(tmp_path / "tuned" / "runs.csv").shape[0] == 12  # every candidate stays in runs.csv
+
+
+def test_a_tuned_grid_is_reported_on_its_own(write_grid, tmp_path):
+    """Selection is per grid: a tuned grid beside another is one error line, not a mixed analysis."""
+    tuned, plain = load_grid(write_grid(TUNED_GRID)), load_grid(write_grid(TUNED_GRID.replace(
+        'name = "tuned"', 'name = "plain"').replace("[tune]\ntrain.lr = [0.001, 0.003]\n", ""), "plain.toml"))
+    for grid in (tuned, plain):
+        store = ResultStore(tmp_path, grid.name)
+        for cell in grid.cells:
+            store.put(fabricate(cell, 30 / SUPPORT))
+    with pytest.raises(AblatrixError, match="a grid with \\[tune\\] is analysed on its own"):
+        write_report([tuned, plain], tmp_path)

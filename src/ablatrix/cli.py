@@ -136,6 +136,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     grids = _grids(args)
     if args.max_cells is not None and not args.until_decided:
         raise AblatrixError("--max-cells goes with --until-decided")
+    if args.until_decided and args.detach:
+        raise AblatrixError("--detach returns before anything trains, so --until-decided could not read a round's "
+                            "results; run --until-decided attached")
     if args.until_decided:
         from .adaptive import run_until_decided  # the statistics: a second of imports a plain run skips
         if args.max_cells is not None and args.max_cells < 0:

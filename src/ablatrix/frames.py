@@ -14,6 +14,7 @@ from typing import Sequence
 import pandas as pd
 
 from .data import DATASETS
+from .errors import AblatrixError
 from .record import RunRecord
 from .spec import DEFAULT_MODEL, Grid, axis_value
 from .tuning import at_own_values, own_values, select
@@ -114,6 +115,8 @@ def tuned_views(res: Results) -> tuple[Results, Results | None]:
     """A tuned grid's records seen two ways (`tuning`): the candidate each configuration selected on
     validation per dataset and seed, and the runs at the grid's own value of every tuned field (None
     when that value is not a candidate). Each view is analysed as an untuned grid's records."""
+    if len(res.grids) != 1:
+        raise AblatrixError(f"{' '.join(g.name for g in res.grids)}: a grid with [tune] is analysed on its own")
     (grid,) = res.grids
     tune = grid.tune
     keys = [*res.factors, "dataset", "seed"]

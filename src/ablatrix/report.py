@@ -34,10 +34,6 @@ from .store import ResultStore, atomic_write_text
 FORMATS = ("md", "tex", "csv", "html")  # html: REPORT.html, the whole report as one page
 
 
-def paths_of(grids: Sequence[Grid]) -> str:
-    return " ".join(g.path.as_posix() for g in grids)
-
-
 def unavailable_data(grids: Sequence[Grid], root: Path, skip: Collection[str] = ()) -> dict[str, str]:
     """Datasets of the grids (but `skip`, e.g. those with finished runs) whose files are not
     there: the loader's message."""
@@ -120,11 +116,9 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     res = every = collect(grids, results)
     fixed = None
     if any(g.tune for g in grids):  # analysed as the selected candidates; the fixed values beside them
-        if len(grids) > 1:
-            raise AblatrixError(f"{paths_of(grids)}: a grid with [tune] is reported on its own")
         res, fixed = tuned_views(res)
     out = report_dir(grids, results)
-    paths = paths_of(grids)
+    paths = " ".join(g.path.as_posix() for g in grids)
     root = data_root(data_dir)
     if res.done.empty:
         missing = unavailable_data(grids, root)
