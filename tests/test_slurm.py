@@ -177,7 +177,10 @@ def test_ctrl_c_of_the_driver_cancels_its_array_and_leaves_no_claim(slurm, write
     grid = write_grid(LONG)
     driver = subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path),
                                "--executor", "slurm", "--tasks", "1", *ONE_CELL],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                              # a runner started in the background of a script (`... &`) inherits SIGINT
+                              # ignored, and Python then installs no KeyboardInterrupt: restore it
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait(lambda: _locks(tmp_path), 120, "the task's claim")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130
