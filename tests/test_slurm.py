@@ -81,6 +81,10 @@ def slurm(tmp_path_factory):
         yield folder
     finally:
         subprocess.run(["scancel", "-u", "root"], capture_output=True)
+        try:  # let slurmd stop the tasks before the daemons go (their slurmstepd would outlive them)
+            _wait(lambda: not _jobs(), 30, "the cancelled jobs to end")
+        except AssertionError:
+            pass
         for pid_file in reversed(started):
             if pid_file.exists():
                 try:
