@@ -81,7 +81,7 @@ def test_selection_reads_validation_never_test(metric, expected):
     the selected one is the validation metric's choice whatever test says."""
     frame = runs(("a", 0, 0, 1e-3, "done", 0.9, 0.70), ("b", 0, 0, 3e-3, "done", 0.8, 0.80),
                  ("c", 0, 0, 1e-2, "done", 0.7, 0.99))
-    chosen = select(frame, ["config", "seed"], ["lr"], metric, {"a": 0.5, "b": 0.3, "c": 0.4})
+    chosen = select(frame, ["config", "seed"], metric, {"a": 0.5, "b": 0.3, "c": 0.4})
     assert chosen["run_id"].tolist() == [expected] and chosen["candidates"].tolist() == [3]
 
 
@@ -89,7 +89,7 @@ def test_selection_waits_for_pending_candidates_and_skips_failed_ones():
     frame = runs(("a", 0, 0, 1e-3, "failed", math.nan, math.nan), ("b", 0, 0, 3e-3, "done", 0.8, 0.8),
                  ("c", 1, 0, 1e-3, "pending", math.nan, math.nan), ("d", 1, 0, 3e-3, "done", 0.9, 0.9),
                  ("e", 2, 0, 1e-3, "failed", math.nan, math.nan))
-    chosen = select(frame, ["config", "seed"], ["lr"], "val_accuracy", {})
+    chosen = select(frame, ["config", "seed"], "val_accuracy", {})
     assert list(zip(chosen["config"], chosen["status"], chosen["run_id"])) == [
         (0, "done", "b"), (1, "pending", "c"), (2, "failed", "e")]
 

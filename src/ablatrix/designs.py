@@ -93,13 +93,22 @@ def parse_design(value: Any, axes: dict[str, list[Any]]) -> DesignSpec:
     return spec
 
 
-def _resolution(x: np.ndarray) -> int:
-    """The length of the shortest word of a design's defining relation (its number of factors if none)."""
+def _chains(x: np.ndarray) -> tuple[tuple[str, ...], list[tuple[str, ...]]]:
+    """A design's defining relation (the words whose column is all +1) and its other alias chains, in
+    factor letters, from pyDOE3's `fracfact_aliasing`."""
     from pyDOE3 import fracfact_aliasing
     names = string.ascii_uppercase[:x.shape[1]]
-    words = [len(t) for text in fracfact_aliasing(x)[0] for t in text.split(" = ")
-             if np.all(np.prod(x[:, [names.index(c) for c in t.upper()]], axis=1) == 1)]
-    return min(words, default=x.shape[1] + 1)
+    chains, defining = [], []
+    for text in fracfact_aliasing(x)[0]:
+        terms = tuple(t.upper() for t in text.split(" = "))
+        column = np.prod(x[:, [names.index(c) for c in terms[0]]], axis=1)
+        (defining if np.all(column == 1) else chains).append(terms)
+    return tuple(w for chain in defining for w in chain), chains
+
+
+def _resolution(x: np.ndarray) -> int:
+    """The length of the shortest word of a design's defining relation (its number of factors if none)."""
+    return min(map(len, _chains(x)[0]), default=x.shape[1] + 1)
 
 
 def _by_resolution(k: int, resolution: int) -> np.ndarray | None:
@@ -207,19 +216,14 @@ class Aliasing:
 
 def aliasing(design: DesignSpec, k: int) -> Aliasing:
     """The alias structure of a two-level design of k factors (pyDOE3's `fracfact_aliasing`)."""
-    from pyDOE3 import fracfact_aliasing
     x = matrix(design, k)
     names = string.ascii_uppercase[:k]
-    chains, defining = [], []
-    for text in fracfact_aliasing(x)[0]:
-        terms = tuple(t.upper() for t in text.split(" = "))
-        column = np.prod(x[:, [names.index(c) for c in terms[0]]], axis=1)
-        (defining if np.all(column == 1) else chains).append(terms)
+    words, chains = _chains(x)
     chains.sort(key=lambda chain: (len(chain[0]), chain[0]))
-    words = tuple(w for chain in defining for w in chain)
-    regular = all(abs(c) in (0, len(x)) for c in _main_by_pair(x).values())
+    products = _main_by_pair(x)
+    regular = all(abs(c) in (0, len(x)) for c in products.values())
     partial = {} if regular else {
-        names[i]: max(abs(c) / len(x) for (j, _), c in _main_by_pair(x).items() if j == i) for i in range(k)}
+        names[i]: max(abs(c) / len(x) for (j, _), c in products.items() if j == i) for i in range(k)}
     return Aliasing(len(x), regular, min(map(len, words)) if regular and words else None, words, tuple(chains),
                     partial)
 

@@ -74,24 +74,42 @@ def _frame(frames: list[pd.DataFrame], keys: list[str], columns: Sequence[str] =
 class TwoLevel:
     """A fractional or Plackett-Burman grid's factors as the analysis needs them: each axis's two
     values (as the frames hold them), its letter, the design's aliasing, and the blocks (dataset,
-    seed, variant) whose every run is done, the only ones its contrasts use."""
+    seed, variant): its contrasts use only blocks whose every run is done (`complete_blocks`)."""
 
     levels: dict[str, list]
     letters: dict[str, str]
     aliasing: Aliasing
     blocks: list[str]
 
+    def term(self, *factors: str) -> str:
+        """The letters of the term of `factors`, as the alias chains name it (e.g. "AB")."""
+        return "".join(sorted(self.letters[f] for f in factors))
+
     def aliases(self, *factors: str, shown: int = 3) -> str:
         """What the estimate of the term of `factors` is aliased with (terms of up to `shown` factors)."""
-        term = "".join(sorted(self.letters[f] for f in factors))
+        term = self.term(*factors)
         chain = [t for t in self.aliasing.chain(term) if t != term and len(t) <= shown]
         partial = ", partially with two-factor interactions" if len(factors) == 1 and self.aliasing.partial else ""
         return ", ".join(chain) + partial
 
-    def complete(self, res: Results, frame: pd.DataFrame) -> pd.DataFrame:
-        """The rows of `frame` in blocks whose every run is done."""
-        status = res.runs.groupby(self.blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
-        return frame[frame.set_index(self.blocks).index.isin(status[status].index)]
+    def pairs(self, factors: Sequence[str]) -> list[tuple[str, str]]:
+        """The pairs of the design's `factors` whose interaction it estimates: one per alias chain, none
+        whose chain holds a main effect, and none at all where main effects are only partially aliased."""
+        if not self.aliasing.regular:
+            return []
+        chains, out = set(), []
+        for a, b in itertools.combinations([f for f in factors if f in self.levels], 2):
+            chain = self.aliasing.chain(self.term(a, b))
+            if min(map(len, chain)) > 1 and chain not in chains:
+                chains.add(chain)
+                out.append((a, b))
+        return out
+
+
+def complete_blocks(res: Results, frame: pd.DataFrame, blocks: list[str]) -> pd.DataFrame:
+    """The rows of `frame` in blocks (groups of `blocks`: a dataset, seed, ...) whose every run is done."""
+    status = res.runs.groupby(blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
+    return frame[frame.set_index(blocks).index.isin(status[status].index)]
 
 
 def two_level(res: Results) -> TwoLevel | None:
@@ -121,7 +139,7 @@ def _main(done: pd.DataFrame, factor: str, res: Results, design: TwoLevel | None
     """One factor's paired differences, or its contrasts in a two-level design (with `weight`)."""
     if design is None or factor not in design.levels:
         return paired_deltas(done, factor, res.factors, "accuracy", extra)
-    return main_contrasts(design.complete(res, done), factor, design.levels[factor], [*design.blocks, *extra],
+    return main_contrasts(complete_blocks(res, done, design.blocks), factor, design.levels[factor], [*design.blocks, *extra],
                           "accuracy")
 
 
@@ -146,14 +164,12 @@ def effect_tables(res: Results, settings: ReportSettings, design: Design | None 
         overall.append(summarize_deltas(pairs, ["level", "baseline", "comparison", "dataset"], level, order)
                        .assign(factor=factor, **({"aliases": two.aliases(factor) if factor in two.levels else ""}
                                                 if two else {})))
-    chains = set()
+    estimable = set(two.pairs(factors)) if two else set()
     for a, b in itertools.combinations(factors, 2):
         if two and {a, b} <= set(two.levels):
-            chain = two.aliasing.chain("".join(sorted(two.letters[a] + two.letters[b])))
-            if not two.aliasing.regular or min(map(len, chain)) == 1 or chain in chains:
+            if (a, b) not in estimable:
                 continue  # partially aliased, aliased with a main effect, or estimated under another name
-            chains.add(chain)
-            pairs = interaction_contrasts(two.complete(res, done), a, b, two.levels[a], two.levels[b], two.blocks,
+            pairs = interaction_contrasts(complete_blocks(res, done, two.blocks), a, b, two.levels[a], two.levels[b], two.blocks,
                                           "accuracy")
             pairs = _scaled(pairs, pairs["dataset"].map(step), 4).assign(aliases=two.aliases(a, b))
         else:
@@ -240,21 +256,10 @@ def importance_table(res: Results, confidence: float) -> pd.DataFrame:
     if len(factors) < 2:  # one factor holds all the variance there is: nothing to rank
         return pd.DataFrame(columns=IMPORTANCE_COLUMNS)
     blocks = two.blocks if two else ["dataset", "seed"]
-    if two is None:
-        status = res.runs.groupby(blocks, sort=False)["status"].agg(lambda s: bool((s == "done").all()))
-        done = res.done[res.done.set_index(blocks).index.isin(status[status].index)]
-    else:
-        done = two.complete(res, res.done)
-    terms, chains = [(f,) for f in factors], set()
-    aliases = {f: two.aliases(f) for f in factors} if two else {}
-    for a, b in itertools.combinations(factors, 2):
-        if two:
-            chain = two.aliasing.chain("".join(sorted(two.letters[a] + two.letters[b])))
-            if min(map(len, chain)) == 1 or chain in chains:
-                continue
-            chains.add(chain)
-            aliases[f"{a} × {b}"] = two.aliases(a, b)
-        terms.append((a, b))
+    done = complete_blocks(res, res.done, blocks)
+    pairs = two.pairs(factors) if two else list(itertools.combinations(factors, 2))
+    terms = [(f,) for f in factors] + pairs
+    aliases = {" × ".join(t): two.aliases(*t) for t in terms} if two else {}
     shares = variance_shares(done.assign(accuracy=100 * done["test_accuracy"]), terms, blocks, "accuracy")
     if shares.empty:
         return pd.DataFrame(columns=IMPORTANCE_COLUMNS)

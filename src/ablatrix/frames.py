@@ -120,8 +120,9 @@ def tuned_views(res: Results) -> tuple[Results, Results | None]:
     (grid,) = res.grids
     tune = grid.tune
     keys = [*res.factors, "dataset", "seed"]
-    val_loss = {k: tested_epoch(r)["val_loss"] for k, r in res.records.items() if r.done and r.tested.epoch}
-    chosen = select(res.runs, keys, list(tune.fields), tune.metric, val_loss)
+    val_loss = {k: tested_epoch(r)["val_loss"] for k, r in res.records.items()
+                if r.done and r.tested.epoch} if tune.metric == "val_loss" else {}  # runs.csv has no val_loss
+    chosen = select(res.runs, keys, tune.metric, val_loss)
     own = {f: axis_value(v) for f, v in own_values(tune, grid.spec.base, DEFAULT_MODEL).items()}
     fixed = at_own_values(res.runs, own)
 

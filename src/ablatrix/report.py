@@ -114,8 +114,8 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
     """Rewrite the tables, figures and REPORT.md (and REPORT.html) of `grids` from their stored records alone."""
     settings = report_settings(grids)
     res = every = collect(grids, results)
-    fixed = None
-    if any(g.tune for g in grids):  # analysed as the selected candidates; the fixed values beside them
+    tune = next((g.tune for g in grids if g.tune), None)
+    if tune:  # analysed as the selected candidates; the fixed values beside them
         res, fixed = tuned_views(res)
     out = report_dir(grids, results)
     paths = " ".join(g.path.as_posix() for g in grids)
@@ -139,8 +139,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
               "cost": cost_table(every), **effect_tables(res, settings, design),
               "per_class_deltas": class_effect_table(res, settings, design),
               "importance": importance_table(res, settings.confidence)}
-    if fixed is not None or res is not every:
-        tune = grids[0].tune
+    if tune:
         tables["tuned_vs_fixed"] = tuned_against_fixed(
             tables["deltas"], effect_tables(fixed, settings)["deltas"] if fixed is not None else None)
         tables["selection"] = selection_table(res.runs, varied(res), list(tune.fields), {

@@ -103,8 +103,7 @@ def own_values(tune: TuneSpec, base: dict[str, Any], default_model: str) -> dict
             for f in tune.fields}
 
 
-def select(runs: pd.DataFrame, keys: list[str], tuned: list[str], metric: str,
-           val_loss: dict[str, float]) -> pd.DataFrame:
+def select(runs: pd.DataFrame, keys: list[str], metric: str, val_loss: dict[str, float]) -> pd.DataFrame:
     """One row per group of `keys` (a configuration, dataset and seed): the done candidate with the
     best validation `metric` (`val_loss` by run id, for that metric), status `done`; `pending`
     while any candidate is pending; `failed` when every candidate failed. Test numbers are not read.

@@ -92,6 +92,23 @@ def arrays(results: Path) -> list[tuple[str, int]]:
     return found
 
 
+def _cancel(job: str, *flags: str) -> None:
+    """scancel the array (with `flags`, e.g. only its pending tasks) and wait until Slurm lists none of
+    it: cancelled tasks release their claims on the SIGTERM they get."""
+    subprocess.run(["scancel", *flags, job], capture_output=True, timeout=60)
+    while _squeue(job):
+        time.sleep(0.5)
+
+
+def _stored(work: list[Unit], statuses: dict[str, str], bar: Progress) -> None:
+    """Add the cells of `work` whose record appeared since the last look to `statuses` and the bar."""
+    for job in (job for unit in work for job in unit if job.cell.run_id not in statuses):
+        rec = job.store.get(job.cell.run_id)
+        if rec and rec["status"] in ("done", "failed"):
+            statuses[job.cell.run_id] = rec["status"]
+            bar.done([job.cell])
+
+
 class SlurmExecutor:
     """Units as the tasks of Slurm job arrays (module doc)."""
 
@@ -148,25 +165,16 @@ class SlurmExecutor:
                 try:
                     while True:
                         running = _squeue(job)
-                        for unit in work:
-                            for entry in unit:
-                                rec = entry.store.get(entry.cell.run_id)
-                                if entry.cell.run_id not in statuses and rec and rec["status"] in ("done", "failed"):
-                                    statuses[entry.cell.run_id] = rec["status"]
-                                    bar.done([entry.cell])
+                        _stored(work, statuses, bar)
                         bar.running(running)
                         if not running or all(j.cell.run_id in statuses for u in work for j in u):
                             break
                         time.sleep(POLL_SECONDS)
                 except BaseException:  # Ctrl-C: no task goes on without the driver
-                    subprocess.run(["scancel", job], capture_output=True, timeout=60)
-                    while _squeue(job):  # the tasks release their claims on scancel's SIGTERM
-                        time.sleep(0.5)
+                    _cancel(job)
                     raise
                 if running:  # every unit has its record: tasks not started yet go, running ones end by themselves
-                    subprocess.run(["scancel", "--state=PENDING", job], capture_output=True, timeout=60)
-                    while _squeue(job):
-                        time.sleep(0.5)
+                    _cancel(job, "--state=PENDING")
                 work = [u for u in work if any(j.cell.run_id not in statuses for j in u)]
                 idle_arrays = idle_arrays + 1 if len(statuses) == before else 0
         return Summary.of(list(statuses.values()) + ["elsewhere"] * (len(todo) - len(statuses)))
