@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -144,6 +145,30 @@ def test_claims_are_exclusive_and_released(tmp_path):
     assert json.loads(store.lock_path("abc").read_text())["pid"] == os.getpid()
     store.release("abc")
     assert not store.claim_alive("abc") and store.claim("abc")
+
+
+@pytest.mark.parametrize("write, left", [
+    (lambda store: store.claim("abc"), ["abc.lock"]),
+    (lambda store: atomic_write_text(store.runs_dir / "f.json", "new"), ["f.json"]),
+], ids=["claim", "atomic write"])
+def test_a_stop_just_after_a_temporary_file_is_made_waits_and_leaves_none(tmp_path, monkeypatch, write, left):
+    """SIGTERM arriving the moment the temporary file exists (as a worker's stop did in CI) reaches the
+    handler only once the write is whole, and no temporary file is left behind."""
+    store = ResultStore(tmp_path, "g")
+    store.runs_dir.mkdir(parents=True)
+    fchmod = os.fchmod
+
+    def stopped_here(fd, mode):
+        os.kill(os.getpid(), signal.SIGTERM)
+        fchmod(fd, mode)
+    monkeypatch.setattr(os, "fchmod", stopped_here)
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a worker's handler
+    try:
+        with pytest.raises(SystemExit):
+            write(store)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert sorted(p.name for p in store.runs_dir.iterdir()) == left
 
 
 def test_a_lock_without_an_owner_is_not_a_live_claim(tmp_path):

@@ -15,9 +15,13 @@ import io
 import json
 import math
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -44,28 +48,53 @@ def _umask() -> int:
     return mask
 
 
-def _temp_file(folder: Path, prefix: str, suffix: str) -> tuple[int, str]:
-    """mkstemp, but with the mode open() would give (mkstemp's is 0600, unreadable to a team)."""
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
-    os.fchmod(fd, 0o666 & ~_umask())
-    return fd, tmp
+@contextmanager
+def _signals_held() -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends, then reach their handlers as usual. Python runs
+    handlers in the main thread only, so a block in another thread has nothing to hold."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    held: list[int] = []
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: handler for sig, handler in previous.items() if handler is not None}  # None: not Python's
+    for sig in previous:
+        signal.signal(sig, lambda signum, _: held.append(signum))
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in held:
+            signal.raise_signal(sig)
+
+
+@contextmanager
+def _temporary(folder: Path, prefix: str, suffix: str) -> Iterator[tuple[int, str]]:
+    """A temporary file in `folder` that never outlives the block: removed at its end unless the
+    block renamed it, with Ctrl-C and SIGTERM held until then (a worker stopped between creating
+    one and removing it left a stray `.claim`). Its mode is the one open() would give (mkstemp's
+    is 0600, unreadable to a team)."""
+    with _signals_held():
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix, suffix=suffix)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())
+            yield fd, tmp
+        finally:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def atomic_write_bytes(path: Path, data: bytes, durable: bool = True) -> None:
     """Write `data` to `path` so that readers see the old file or the new one, never a part.
     `durable` also waits until the bytes are on disk (fsync), so a power cut keeps them."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = _temp_file(path.parent, f".{path.name}.", ".tmp")
-    try:
+    with _temporary(path.parent, f".{path.name}.", ".tmp") as (fd, tmp):
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -171,9 +200,8 @@ class ResultStore:
         try:
             if not folder.is_dir():
                 raise NotADirectoryError(errno.ENOTDIR, f"{folder} is not a folder")
-            fd, tmp = _temp_file(folder, ".probe.", ".tmp")
-            os.close(fd)
-            os.unlink(tmp)
+            with _temporary(folder, ".probe.", ".tmp") as (fd, _):
+                os.close(fd)
         except OSError as exc:
             raise AblatrixError(f"results folder {self.dir} cannot be written: "
                                 f"{exc.strerror or exc} ({folder})") from None
@@ -236,8 +264,7 @@ class ResultStore:
         """
         self.runs_dir.mkdir(parents=True, exist_ok=True)
         owner = json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()})
-        fd, tmp = _temp_file(self.runs_dir, f".{run_id}.", ".claim")
-        try:
+        with _temporary(self.runs_dir, f".{run_id}.", ".claim") as (fd, tmp):
             with os.fdopen(fd, "w") as f:
                 f.write(owner)
             for _ in range(2):  # second try after clearing a stale claim
@@ -249,8 +276,6 @@ class ResultStore:
                         return False
                     self.lock_path(run_id).unlink(missing_ok=True)
             return False
-        finally:
-            os.unlink(tmp)
 
     def release_dead_claims(self, records: dict[str, dict[str, Any]]) -> None:
         """Remove the dead claims of done cells. A runner killed between storing a record and
