@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -71,6 +72,10 @@ def slurm(tmp_path_factory):
         f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
         f"SlurmctldLogFile={folder / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'slurmd.log'}",
         f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}", "JobRequeue=1", "MpiDefault=none",
+        # Slurm holds a requeued job until its launch credentials expire (120 s by default; slurmctld's
+        # job_mgr.c, 22.05), then starts it at the next scheduling pass (backfill's, every 30 s): 10 s and
+        # 2 s keep the requeue test short, and a credential still outlasts a launch here.
+        "AuthInfo=cred_expire=10", "SchedulerParameters=bf_interval=2,sched_interval=2",
         f"{node} NodeAddr=127.0.0.1 State=UNKNOWN", "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
     before = os.environ.get("SLURM_CONF")
     os.environ["SLURM_CONF"] = str(conf)
@@ -137,7 +142,7 @@ def test_a_grid_completes_through_slurm_with_a_local_runs_records(slurm, write_g
     assert not _jobs() and not _locks(tmp_path / "slurm")
 
 
-LONG = TINY_GRID.replace("epochs = 2", "epochs = 300")
+LONG = TINY_GRID.replace("epochs = 2", "epochs = 150")  # a stop lands mid-cell: about 30 epochs pass before it
 ONE_CELL = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
 
 
@@ -150,18 +155,12 @@ def _checkpoint(results: Path) -> list[Path]:
     return list(results.rglob("checkpoints/*"))
 
 
-# `scontrol requeue` of the running task: the requeued task reruns the same script over the same units,
-# but Slurm holds a requeued job for two minutes (BeginTime, which scontrol will not update), too long an
-# idle wait for every suite run; ABLATRIX_TEST_REQUEUE=1 adds the case (2.5 minutes; docs/running.md).
-STOPS = ["scancel", "requeue"] if os.environ.get("ABLATRIX_TEST_REQUEUE") else ["scancel"]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("stop", STOPS)
+@pytest.mark.parametrize("stop", ["scancel", "requeue"])
 def test_a_task_stopped_mid_cell_is_resumed_from_its_checkpoint(slurm, write_grid, tmp_path, capsys, stop):
     """A detached array (status lists it and its running cell); scancel of the running task, then a second
     run: the cell continues from its epoch checkpoint and is trained once, its record saying after which
-    epoch it resumed; or scontrol requeue of it (STOPS): the requeued task resumes it."""
+    epoch it resumed; or scontrol requeue of it: the requeued task resumes it."""
     grid = write_grid(LONG)
     _detached(grid, tmp_path)
     _wait(lambda: _checkpoint(tmp_path), 120, "an epoch checkpoint")
@@ -177,13 +176,10 @@ def test_a_task_stopped_mid_cell_is_resumed_from_its_checkpoint(slurm, write_gri
         assert main(["run", str(grid), "--results", str(tmp_path), "--executor", "slurm", "--tasks", "1",
                      *ONE_CELL]) == 0
     else:
-        subprocess.run(["scontrol", "requeue", job], check=True)
-        # A requeued job waits (BeginTime) before it may start again; let it start now.
-        _wait(lambda: subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"],
-                                     capture_output=True).returncode == 0, 30, "the requeued job to be held")
+        subprocess.run(["scontrol", "requeue", job], check=True)  # held for cred_expire + 1 s (the fixture's)
         _wait(lambda: list((tmp_path / "tiny" / "runs").glob("*.json")), 300, "the requeued task's record")
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "tiny" / "runs").glob("*.json")]
-    assert record["status"] == "done" and len(record["history"]) == 300
+    assert record["status"] == "done" and len(record["history"]) == 150
     assert record.get("resumed_after_epochs")
     _wait(lambda: not _jobs(), 60, "the array to end")
 
@@ -202,6 +198,22 @@ def test_ctrl_c_of_the_driver_cancels_its_array_and_leaves_no_claim(slurm, write
     _wait(lambda: _locks(tmp_path), 120, "the task's claim")
     driver.send_signal(signal.SIGINT)
     assert driver.wait(timeout=120) == 130
+    assert not _jobs() and not _locks(tmp_path)
+
+
+@pytest.mark.slow
+def test_seeds_on_demand_submits_the_grid_and_each_round_as_one_array(slurm, write_grid, tmp_path, capsys):
+    """`--until-decided` through Slurm: the grid's seeds, then each round's added seeds, as one job array
+    each; it stops by itself with every cell done once and no job or claim left."""
+    grid = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1]\nmax_seeds = 3"))
+    assert main(["run", str(grid), "--results", str(tmp_path), "--executor", "slurm", "--tasks", "2",
+                 "--until-decided"]) == 0
+    out = capsys.readouterr().out
+    trained, rounds = map(int, re.search(r"trained (\d+) cells, the grid's seeds and (\d+) round\(s\)", out).groups())
+    arrays = [json.loads(p.read_text()) for p in (tmp_path / ".slurm").glob("*/job.json")]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "tiny" / "runs").glob("*.json")]
+    assert rounds >= 1 and len(arrays) == 1 + rounds and "stopped: " in out
+    assert len(records) == trained > 4 and all(r["status"] == "done" for r in records)
     assert not _jobs() and not _locks(tmp_path)
 
 

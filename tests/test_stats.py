@@ -182,13 +182,13 @@ def seeds_on_demand(effect: float, design: Design, trials: int, margin: float, s
     rng = np.random.default_rng(seed)
     values = effect + rng.standard_normal((trials, design.max_seeds))
     final = np.full(trials, "undecided", dtype=object)
-    for n in design.counts:
-        means = pd.DataFrame({"trial": np.repeat(np.arange(trials), n), "seed": np.tile(np.arange(n), trials),
-                              "delta": values[:, :n].ravel()})
+    for n in design.counts:  # each trial is its own family, so only the open ones need deciding
+        open_ = np.flatnonzero(final == "undecided")
+        means = pd.DataFrame({"trial": np.repeat(open_, n), "seed": np.tile(np.arange(n), len(open_)),
+                              "delta": values[open_, :n].ravel()})
         out = decide(seed_summary(means, ["trial"]), ["trial"], margin=margin,
                      design=design if sequential else None)
-        open_ = final == "undecided"
-        final[open_] = out["verdict"].to_numpy()[open_]
+        final[out["trial"].to_numpy()] = out["verdict"].to_numpy()
     return {v: float(np.mean(final == v)) for v in ("better", "worse", "equivalent", "undecided")}
 
 
