@@ -88,3 +88,17 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Within each module, the tests that use the shared local Ray run one after another, and those that
+    start a Ray or a cluster of their own after them: every Ray start costs seconds (test_executors.py's
+    `ray_as_the_test_needs` starts the shared one when a test needs it and none is up)."""
+    def ray_group(item: pytest.Item) -> int:
+        if item.get_closest_marker("starts_ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
+            return 2
+        callspec = getattr(item, "callspec", None)
+        options = callspec.params.get("options") if callspec else None
+        return int(item.get_closest_marker("shared_ray") is not None or getattr(options, "executor", "") == "ray")
+    modules = {item.path: i for i, item in reversed(list(enumerate(items)))}
+    items.sort(key=lambda item: (modules[item.path], ray_group(item)))
