@@ -138,3 +138,14 @@ def test_saving_a_figure_twice_writes_the_same_bytes(tmp_path, monkeypatch):
     for suffix in ("png", "pdf"):
         first, second = (p.with_suffix(f".{suffix}").read_bytes() for p in paths)
         assert first == second and len(first) > 1000
+
+
+def test_a_pdf_figure_embeds_its_fonts_as_truetype_not_type_3(tmp_path):
+    """A saved PDF embeds its fonts' TrueType outlines (Type 42: FontFile2) and has no Type 3 font:
+    submission checks such as IEEE's PDF eXpress reject Type 3 fonts, matplotlib's default."""
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots()
+    ax.plot([1, 2, 3], [3, 1, 2])
+    ax.set(title="Validation accuracy", xlabel="epoch")
+    pdf = figures._save(fig, tmp_path, "curve").with_suffix(".pdf").read_bytes()
+    assert b"/FontFile2" in pdf and b"/Type3" not in pdf
