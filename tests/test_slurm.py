@@ -221,6 +221,7 @@ def test_seeds_on_demand_submits_the_grid_and_each_round_as_one_array(slurm, wri
     (["--time-limit", "two hours"], "--time-limit 'two hours': Slurm takes minutes, MM:SS"),
     (["--partition", "gpu-huge"], "--partition 'gpu-huge': not a partition of this cluster; sinfo lists debug"),
     (["--workers", "2"], "--workers does not apply to --executor slurm"),
+    (["--cpus-per-run", "0"], "slurm: --gpus-per-run takes a whole number of GPUs per task; --cpus-per-run an integer >= 1"),
 ])
 def test_bad_slurm_flags_are_one_line_errors_before_anything_is_submitted(slurm, write_grid, tmp_path, capsys, flags,
                                                                           message):

@@ -87,7 +87,7 @@ def plan(grids: Sequence[Grid], results: Path, design: Design) -> Plan:
     looks = {_effect(row): int(row.n) for row in deltas.itertuples(index=False)}
     # Cells are told apart by their axes and tuned fields: a seed added to a configuration trains
     # every candidate of it.
-    axes = list(dict.fromkeys(a for g in grids for a in (*g.axes, *(g.tune.fields if g.tune else ()))))
+    axes = list(dict.fromkeys(a for g in grids for a in g.cell_keys))
     cells = {(_config(c, axes), c.config.seed): c for g in grids for c in (*g.cells, *g.extra_cells)}
     seeds = list(dict.fromkeys(s for g in grids for s in (*g.seeds, *g.extra_seeds)))
     have: dict[Config, set[int]] = {}  # seeds with a record (failed ones too: not chased again)

@@ -44,14 +44,13 @@ def cmd_list(args: argparse.Namespace) -> int:
     from .spec import axis_value
     from .store import ResultStore
     for grid in _grids(args):
-        columns = [*grid.axes, *(grid.tune.fields if grid.tune else ())]  # what tells the cells apart
         records = {k: RunRecord.of(v) for k, v in ResultStore(args.results, grid.name).records().items()}
         cells = grid.stored_cells(records)
         rows = []
         for cell in cells:
             record = records.get(cell.run_id)
             rows.append([cell.run_id, cell.variant, cell.config.dataset, cell.config.seed,
-                         *(axis_value(cell.axes.get(a, "—")) for a in columns), f"{cell.params:,}",
+                         *(axis_value(cell.axes.get(a, "—")) for a in grid.cell_keys), f"{cell.params:,}",
                          record.status if record else "pending"]
                         + ([record.added_for if record else ""] if grid.extra_seeds else []))
         added = len(cells) - len(grid.cells)
@@ -62,7 +61,7 @@ def cmd_list(args: argparse.Namespace) -> int:
               "the trained model is measured share one)")
         if grid.design.kind in TWO_LEVEL:
             print("\n".join(describe(grid.axes, grid.design)))
-        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *columns, "params", "status"]
+        print(tabulate(rows, headers=["run_id", "variant", "dataset", "seed", *grid.cell_keys, "params", "status"]
                        + (["added for"] if grid.extra_seeds else []), tablefmt="simple"))
         if args.data_dir is not None:  # what `run --data-dir` would find, before anyone waits for it
             from .report import unavailable_data
@@ -101,20 +100,19 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
                   executor=args.executor, retry_failed=args.retry_failed, max_retries=args.max_retries,
                   checkpoint_seconds=args.checkpoint_seconds,
                   checkpoint_dir=args.checkpoint_dir and args.checkpoint_dir.resolve())
+    gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run  # ray and slurm
+    cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
     if args.executor == "slurm":
         from .executors.slurm import SlurmOptions, check
         slurm = SlurmOptions(args.partition, args.time_limit, 2 if args.tasks is None else args.tasks,
                              args.array_parallelism, tuple(args.sbatch_arg), args.python or sys.executable, args.detach)
         check(slurm)
-        gpus = 0 if args.gpus_per_run is None else args.gpus_per_run
-        if gpus < 0 or not float(gpus).is_integer() or (args.cpus_per_run or 1) < 1:
+        if gpus < 0 or not gpus.is_integer() or cpus < 1:
             raise AblatrixError("slurm: --gpus-per-run takes a whole number of GPUs per task; --cpus-per-run an "
                                 "integer >= 1")
         return RunOptions(torch.device("cuda" if gpus else "cpu"), gpus_per_run=gpus, slurm=slurm,
-                          cpus_per_run=args.cpus_per_run or 1, **common)
+                          cpus_per_run=cpus, **common)
     if args.executor == "ray":
-        gpus = 0.0 if args.gpus_per_run is None else args.gpus_per_run
-        cpus = 1 if args.cpus_per_run is None else args.cpus_per_run
         if gpus < 0 or (gpus > 1 and not gpus.is_integer()) or cpus < 1:
             raise AblatrixError("--gpus-per-run takes a share in (0, 1] or a whole number of GPUs; "
                                 "--cpus-per-run an integer >= 1")

@@ -47,8 +47,7 @@ def runs_frame(grid: Grid, records: dict[str, RunRecord]) -> pd.DataFrame:
             "test_loss": record.test.loss if done else None,
             "wall_seconds": record.wall_seconds if record else None,
             "status": record.status if record else "pending"})
-    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.axes, *(grid.tune.fields if grid.tune else ()),
-                                       *METRIC_COLUMNS])
+    return pd.DataFrame(rows, columns=[*RUN_COLUMNS, *grid.cell_keys, *METRIC_COLUMNS])
 
 
 def tested_epoch(record: RunRecord) -> dict[str, float] | None:

@@ -131,6 +131,11 @@ class Grid:
     design = property(lambda self: self.spec.design)
     tune = property(lambda self: self.spec.tune)
 
+    @property
+    def cell_keys(self) -> tuple[str, ...]:
+        """What tells the cells of one variant, dataset and seed apart: the axes, then the tuned fields."""
+        return (*self.axes, *(self.tune.fields if self.tune else ()))
+
     def stored_cells(self, run_ids: Iterable[str]) -> tuple[Cell, ...]:
         """The grid's cells, and the added-seed cells that have a record (listed, reported)."""
         ids = set(run_ids)

@@ -36,6 +36,7 @@ from ..errors import AblatrixError
 from ..progress import Progress
 from ..runner import RunOptions, run_claimed
 from ..scheduling import Summary, Todo, Unit, units
+from ..store import atomic_write_text
 
 POLL_SECONDS = 2.0
 TIME_LIMIT = re.compile(r"(\d+|\d+:\d{1,2}|\d+:\d{1,2}:\d{1,2}|\d+-\d+|\d+-\d+:\d{1,2}|\d+-\d+:\d{1,2}:\d{1,2}"
@@ -144,7 +145,8 @@ class SlurmExecutor:
         if done.returncode != 0:
             raise AblatrixError(f"sbatch refused the array: {done.stderr.strip() or done.stdout.strip()}")
         job = done.stdout.strip().split(";")[0]
-        (folder / "job.json").write_text(json.dumps({"job": job, "tasks": tasks, "units": len(work)}) + "\n")
+        # `ablatrix status` may read it at any moment (`arrays`)
+        atomic_write_text(folder / "job.json", json.dumps({"job": job, "tasks": tasks, "units": len(work)}) + "\n")
         return job
 
     def run(self, todo: Todo) -> Summary:
