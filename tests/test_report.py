@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from ablatrix.cli import main
+from ablatrix.findings import importance_lines
 from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
@@ -358,3 +359,22 @@ def test_a_fraction_is_analysed_by_contrasts_that_name_their_aliases(write_grid,
     importance = pd.read_csv(tmp_path / "frac" / "importance.csv")
     assert importance["term"].iat[0] == "model.batchnorm" and importance["share"].iat[0] > 80
     assert importance["term"].iat[-1] == "rest" and (importance["n"] == 4).all()
+    assert "- digits: `model.batchnorm` has the largest share (" in report and "above every other term's interval" in report
+
+
+@pytest.mark.parametrize("rows, says", [
+    ([("a", 60.0, 50.0, 70.0, 3), ("b", 30.0, 20.0, 45.0, 3), ("rest", 10.0, 0.0, 80.0, 3)],
+     "- d: `a` has the largest share (60.0%, interval [50.00, 70.00]), above every other term's interval."),
+    ([("a", 40.0, 0.0, 100.0, 2), ("b", 35.0, 0.0, 100.0, 2), ("rest", 25.0, 0.0, 100.0, 2)],
+     "- d: the largest share's interval overlaps another's (2 seeds), so the order of the table does not show"),
+    ([("a", 40.0, 30.0, 50.0, 3), ("b", 35.0, 0.0, 31.0, 3), ("a × b", 25.0, 0.0, 52.0, 3)],
+     "- d: the largest share's interval overlaps another's (3 seeds)"),  # the next share is not the widest
+    ([("a", 40.0, math.nan, math.nan, 1), ("b", 35.0, math.nan, math.nan, 1)],
+     "- d: one seed gives no interval, so the order of the table does not show which factor matters most"),
+], ids=["clear", "overlap", "overlaps-a-later-term", "one-seed"])
+def test_the_variance_shares_say_whether_their_order_shows_anything(rows, says):
+    """The report says which term matters most only where its interval lies above every other term's
+    (`rest` aside); otherwise it says the table's order shows nothing."""
+    table = pd.DataFrame([("d", t, "", s, lo, hi, n) for t, s, lo, hi, n in rows],
+                         columns=["dataset", "term", "aliases", "share", "ci_low", "ci_high", "n"])
+    assert importance_lines(table)[0].startswith(says)

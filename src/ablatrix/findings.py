@@ -156,6 +156,23 @@ def findings(tables: dict[str, pd.DataFrame], dataset: str, margin: float, cap: 
     return lines + [""]
 
 
+def importance_lines(table: pd.DataFrame) -> list[str]:
+    """Per dataset, what the variance shares' order shows: the largest share's term where its interval
+    lies above every other term's, else that the order is not evidence (the table is sorted all the same)."""
+    lines = []
+    for dataset, rows in table[table["term"] != "rest"].groupby("dataset", sort=False):
+        top, others = rows.iloc[0], rows.iloc[1:]
+        if top["ci_low"] > others["ci_high"].max():
+            lines.append(f"- {dataset}: `{top['term']}` has the largest share ({top['share']:.1f}%, interval "
+                         f"{_interval(top['ci_low'], top['ci_high'], False)}), above every other term's interval.")
+        else:
+            why = ("one seed gives no interval" if top["n"] < 2 else
+                   f"the largest share's interval overlaps another's ({int(top['n'])} seeds)")
+            lines.append(f"- {dataset}: {why}, so the order of the table does not show which factor matters most; "
+                         "more seeds narrow the intervals.")
+    return lines + ([""] if lines else [])
+
+
 def _effect_words(verdict: str, mean: float, low: float, high: float) -> str:
     words = {"better": "raises test accuracy", "worse": "lowers test accuracy",
              "equivalent": "makes no practical difference", "undecided": "is undecided"}

@@ -18,8 +18,8 @@ from .effects import (accuracy_table, against_base, class_effect_table, cost_tab
                       importance_table, per_class_table, reference_table, report_settings, tuned_against_fixed)
 from .errors import AblatrixError
 from .figures import MAX_HEATMAP_ROWS, config_label
-from .findings import (class_deltas_md, deltas_md, findings, cell_text, interaction_sentence, interactions_md, render,
-                       tuning_lines)
+from .findings import (class_deltas_md, deltas_md, findings, cell_text, importance_lines, interaction_sentence,
+                       interactions_md, render, tuning_lines)
 from .frames import Results, collect, tuned_views, varied
 from .record import RunRecord
 from .report_html import write_html
@@ -246,7 +246,7 @@ def write_report(grids: Sequence[Grid], results: Path, formats: Sequence[str] = 
                   "configurations (functional ANOVA, per seed; mean and interval over seeds); `rest`: "
                   "higher-order interactions. Seed noise between configurations lands in every share, so a "
                   "factor that does nothing still gets a little.", "",
-                  render(tables["importance"], "md"), ""]
+                  *importance_lines(tables["importance"]), render(tables["importance"], "md"), ""]
     for dataset in datasets:
         if dataset not in set(res.done["dataset"]):
             continue
