@@ -9,7 +9,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -110,6 +110,9 @@ class GridSpec:
         return str(self.path)
 
 
+_SPEC_FIELDS = frozenset(f.name for f in fields(GridSpec))
+
+
 @dataclass(frozen=True)
 class Grid:
     """A parsed grid expanded into its cells (`expand`); its other fields are its spec's."""
@@ -118,18 +121,12 @@ class Grid:
     cells: tuple[Cell, ...]
     extra_cells: tuple[Cell, ...] = ()  # the cells of the seeds `run --until-decided` may add, where needed
 
-    name = property(lambda self: self.spec.name)
-    path = property(lambda self: self.spec.path)
-    description = property(lambda self: self.spec.description)
-    datasets = property(lambda self: self.spec.datasets)
-    seeds = property(lambda self: self.spec.seeds)
-    extra_seeds = property(lambda self: self.spec.extra_seeds)
-    axes = property(lambda self: self.spec.axes)
-    references = property(lambda self: self.spec.references)
-    report = property(lambda self: self.spec.report)
-    environment = property(lambda self: self.spec.environment)
-    design = property(lambda self: self.spec.design)
-    tune = property(lambda self: self.spec.tune)
+    def __getattr__(self, name: str) -> Any:
+        # Only a spec field is delegated: anything else (pickle's and copy's probes among them,
+        # on an instance whose `spec` is not set yet) must stay an AttributeError, not recurse.
+        if name not in _SPEC_FIELDS:
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(self.spec, name)
 
     @property
     def cell_keys(self) -> tuple[str, ...]:
