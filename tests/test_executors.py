@@ -74,6 +74,21 @@ def test_interrupted_grid_resumes_without_retraining(write_grid, tmp_path, count
     assert run_grids([grid], results, options).trained == 0
 
 
+def test_ctrl_c_as_a_cell_is_claimed_leaves_no_claim(write_grid, tmp_path, monkeypatch):
+    """Ctrl-C that lands as a sequential runner's claim returns (held while the lock is made, raised
+    as it ends) releases that claim: the real Ctrl-C test left one behind in CI."""
+    grid = load_grid(write_grid())
+    claim = ResultStore.claim
+
+    def claim_then_ctrl_c(self, run_id):
+        assert claim(self, run_id)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(ResultStore, "claim", claim_then_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):
+        run_grids([grid], tmp_path, replace(OPTIONS, trainer=instant))
+    assert not list(ResultStore(tmp_path, grid.name).runs_dir.iterdir())
+
+
 @pytest.mark.parametrize("stored, owner, kept", [
     ("done", "dead", False),  # killed between storing the record and releasing the claim
     ("done", "live", True),  # a runner that listed the cell before it was done, about to let go

@@ -156,9 +156,11 @@ def run_claimed(unit: Unit, options: RunOptions, on_epoch: Callable[[Row], None]
     """Claim, train and store a unit: the cells of one training, or a pack of which the cells still
     pending train fused. Each epoch renews the claims of the cells it trained."""
     claims = Claims(options.retry_failed)
-    claimed = [job for job in unit if claims.take(job)]
-    statuses = ["elsewhere"] * (len(unit) - len(claimed))
     try:
+        # Inside the try: a Ctrl-C held while a claim is made is raised as the claim returns, and
+        # the claim must still be released (the sequential runner left one there; CI caught it).
+        claimed = [job for job in unit if claims.take(job)]
+        statuses = ["elsewhere"] * (len(unit) - len(claimed))
         if claimed:
             cells = [job.cell for job in claimed]
             renewed = 0  # the epoch whose end renewed the claims
