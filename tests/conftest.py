@@ -33,6 +33,23 @@ model.batchnorm = [true, false]
 """
 
 
+@pytest.fixture(autouse=True)
+def figures_drawn_not_written(request, monkeypatch):
+    """A report's figures are built and rendered (an error in drawing still fails the test) but not
+    written as PNG and PDF, which is most of a report's time, unless the test is marked `figures`:
+    those that read the files (tests/test_figures.py and the report, HTML and tuning tests that
+    look at figures) write them as `ablatrix report` does."""
+    if request.node.get_closest_marker("figures"):
+        return
+    from ablatrix import figures
+
+    def render(fig, folder: Path, stem: str) -> Path:
+        fig.canvas.draw()
+        figures.plt.close(fig)
+        return folder / f"{stem}.png"
+    monkeypatch.setattr(figures, "_save", render)
+
+
 @pytest.fixture
 def write_grid(tmp_path: Path):
     """write_grid(text, name="grid.toml") -> path of a grid file holding `text`."""

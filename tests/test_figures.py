@@ -82,6 +82,7 @@ def drawn(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.figures
 def test_a_100_configuration_grid_gets_bounded_readable_figures(write_grid, tmp_path, template, drawn):
     """200 runs: every figure under 2,500 px a side, no legend over 12 entries or taller than its plot,
     one curves panel per varied factor, per-class effects instead of 100 heatmap rows."""
@@ -125,6 +126,7 @@ def test_labels_name_only_the_varied_factors_in_short_form(factors, expected):
     assert figures.config_label(row, factors) == expected
 
 
+@pytest.mark.figures
 def test_saving_a_figure_twice_writes_the_same_bytes(tmp_path, monkeypatch):
     """A figure saved again, a day later, is byte-identical (no creation date in the PDF), so
     regenerating a report leaves unchanged figures unchanged in git."""
@@ -140,6 +142,7 @@ def test_saving_a_figure_twice_writes_the_same_bytes(tmp_path, monkeypatch):
         assert first == second and len(first) > 1000
 
 
+@pytest.mark.figures
 def test_a_pdf_figure_embeds_its_fonts_as_truetype_not_type_3(tmp_path):
     """A saved PDF embeds its fonts' TrueType outlines (Type 42: FontFile2) and has no Type 3 font:
     submission checks such as IEEE's PDF eXpress reject Type 3 fonts, matplotlib's default."""

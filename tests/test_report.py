@@ -110,6 +110,7 @@ def test_partial_grid_with_a_failed_cell(grid, tmp_path):
     assert deltas["n"].tolist() == [1]  # only seed 0 has both partners
 
 
+@pytest.mark.figures
 def test_figures_are_written_and_linked(grid, tmp_path):
     """Curves, per-class heatmap and confusion matrix exist as non-empty PNG and PDF, linked in REPORT.md."""
     store_runs(grid, tmp_path, FULL)
@@ -121,6 +122,7 @@ def test_figures_are_written_and_linked(grid, tmp_path):
         assert f"(figures/{stem}.png)" in report
 
 
+@pytest.mark.figures
 def test_numeric_axis_gets_an_accuracy_plot(write_grid, tmp_path):
     """A numeric axis (dropout) gets accuracy-vs-axis with a line per other factor."""
     grid = load_grid(write_grid(TINY_GRID.replace("model.batchnorm = [true, false]",
@@ -225,7 +227,7 @@ def test_a_planted_interaction_is_reported_first_and_marked(write_grid, tmp_path
     deltas = pd.read_csv(tmp_path / "tiny" / "deltas.csv", keep_default_na=False).set_index("factor")
     assert (deltas.loc["model.batchnorm", "interacts_with"] == "model.dropout") is detected
     assert report.index("## Findings") < report.index("## Test accuracy per configuration")
-    assert (tmp_path / "tiny" / "figures" / "interaction_model_batchnorm_x_model_dropout_digits.png").exists() is detected
+    assert ("(figures/interaction_model_batchnorm_x_model_dropout_digits.png)" in report) is detected
 
 
 def test_effect_columns_verdicts_and_adjustment_in_the_csv(write_grid, tmp_path):
@@ -271,6 +273,7 @@ def test_undecided_effects_say_how_many_seeds_would_decide_them(grid, tmp_path):
     assert "would decide it if the spread holds" in report and "nan" not in report.lower()
 
 
+@pytest.mark.figures  # the HTML embeds them
 def test_a_plain_report_rewrites_every_format_written_before_and_removes_what_it_no_longer_writes(
         write_grid, tmp_path, capsys):
     """After `--format md,tex,csv,html`, a plain `report` on a grown grid rewrites all four (the

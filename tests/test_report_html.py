@@ -13,6 +13,8 @@ from ablatrix.store import ResultStore
 
 from conftest import TINY_GRID, fabricate
 
+pytestmark = pytest.mark.figures  # the page embeds the PNGs
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SIX_CONFIGS = TINY_GRID + "model.dropout = [0.0, 0.25, 0.5]\n"
 
