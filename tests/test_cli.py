@@ -15,14 +15,18 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 import ablatrix
 
 from ablatrix.cli import main
+from ablatrix.executors import run_grids
+from ablatrix.runner import RunOptions
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
 from conftest import TINY_GRID, fabricate
+from fakes import instant
 
 
 def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
@@ -98,11 +102,10 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
 @pytest.mark.parametrize("executor, stop", [(["--workers", "1"], "int"), (["--workers", "2"], "int"),
                                             (["--executor", "ray"], "int"), (["--workers", "2"], "term")],
                          ids=["sequential", "2-workers", "ray", "2-workers-sigterm"])
-def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, capsys, executor, stop):
+def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor, stop):
     """SIGINT to a real `ablatrix run` (its process group, as a terminal sends it) exits 130 with a
     message, SIGTERM to the runner alone (as `docker stop` sends it) 143; either way every saved
-    record is complete, no claim is left, and the next run (here, in this process: what it finds is
-    the store's, whichever executor left it) trains only the rest."""
+    record is complete, no claim is left, and the next run trains only the rest."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
     runs_dir = tmp_path / "res" / "tiny" / "runs"
     cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"), *executor]
@@ -125,9 +128,15 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
     assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved.values())
     assert not list(runs_dir.glob(".*")) and not list(runs_dir.glob("*.lock"))  # no temp files, no claims
 
-    capsys.readouterr()
-    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 0
-    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}," in capsys.readouterr().out
+    assert resume(grid, tmp_path / "res") == (4 - len(saved), len(saved))
+
+
+def resume(grid: Path, results: Path) -> tuple[int, int]:
+    """The next run, in this process with the instant trainer (what it finds is the store's, whichever
+    executor left it; the resumed trainings themselves are tested elsewhere): (trained, already done)."""
+    summary = run_grids([load_grid(grid)], results, RunOptions(torch.device("cpu"), results, trainer=instant))
+    assert (summary.failed, summary.elsewhere) == (0, 0)
+    return summary.trained, summary.skipped
 
 
 def runner(grid, results, *extra) -> subprocess.Popen:
@@ -150,7 +159,7 @@ def test_two_concurrent_runners_train_every_cell_once(write_grid, tmp_path):
 
 
 @pytest.mark.slow
-def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, tmp_path, capsys):
+def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, tmp_path):
     """SIGKILL mid-grid: every stored record parses; its dead claim is taken over; all cells finish once."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
     runs = tmp_path / "res" / "tiny" / "runs"
@@ -164,8 +173,7 @@ def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, t
     proc.wait()
     saved = {p.stem: json.loads(p.read_text()) for p in runs.glob("*.json")}  # no partial file
     assert 1 <= len(saved) < 4 and list(runs.glob("*.lock"))  # killed while holding a claim
-    assert main(["run", str(grid), "--results", str(tmp_path / "res")]) == 0  # the next run, in this process
-    assert f"trained {4 - len(saved)}, failed 0, already done {len(saved)}," in capsys.readouterr().out
+    assert resume(grid, tmp_path / "res") == (4 - len(saved), len(saved))
     assert not list(runs.glob("*.lock")) and len(list(runs.glob("*.json"))) == 4
 
 
@@ -230,7 +238,7 @@ def test_list_prints_a_fractions_resolution_and_alias_chains_before_training(wri
 def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
     """kill -9 of the runner at random moments inside one training, twice: the next run resumes each
     time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
-    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 80")  # the kills end within about 12
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40")  # the kills end within about 12
                       + 'train.eval_mode = ["eval", "train"]\n', name="long.toml")
     args = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
     twin = runner(grid, tmp_path / "twin", *args)
