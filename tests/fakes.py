@@ -1,6 +1,6 @@
 """A trainer for executor and claim tests (`RunOptions(trainer=fakes.instant)`): it answers in
 milliseconds with results shaped as `train.train_unit`'s, so scheduling, claims, retries and the
-executors are tested without training. It is a module-level function, so spawned workers import
+executors are tested without training. It is a module-level function, so worker processes import
 it by name (pytest puts tests/ on their sys.path), and the tests of the ray executor send it to
 Ray's workers by value (`ray.cloudpickle.register_pickle_by_value`).
 """

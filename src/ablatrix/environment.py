@@ -3,7 +3,7 @@ datasets and optimisers) and its datasets named by path read and registered.
 
 Parsing a grid file does neither (`spec.parse_grid`); the CLI builds the environment from the
 parsed grid before expanding it into cells, and every worker process builds it again from the
-same value before it trains (spawned and Ray processes start with the built-ins only).
+same value before it trains (worker and Ray processes start with the built-ins only).
 """
 from __future__ import annotations
 

@@ -31,7 +31,7 @@ from .train import Measured, train_unit
 
 Weights = dict[str, dict[str, torch.Tensor]]
 # What trains a unit: `train.train_unit`, or in tests a fake that answers in milliseconds. A
-# module-level function, so that it reaches spawned and Ray workers by name.
+# module-level function, so that it reaches worker processes and Ray workers by name.
 Trainer = Callable[[Sequence[Any], Splits, torch.device, Execution, OnEpoch, Checkpoint | None],
                    list[Measured | BaseException]]
 

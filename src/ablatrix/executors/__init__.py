@@ -2,7 +2,7 @@
 of --until-decided), through `runner.run_claimed` or the same steps spread over a driver and its
 tasks, and keeps its workers until `close` (it is a context manager).
 
-`local` runs units one after another, or in `workers` spawned processes; `ray` makes each unit a
+`local` runs units one after another, or in `workers` worker processes; `ray` makes each unit a
 Ray task on a cluster (or a local Ray); `slurm` submits the units as a Slurm job array. A new executor is one module here with a class taking
 `RunOptions`, registered in `EXECUTORS`, and its flags in `cli._run_options`.
 """

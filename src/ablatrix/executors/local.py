@@ -1,4 +1,4 @@
-"""The local executor: units in this process, or in `workers` spawned processes.
+"""The local executor: units in this process, or in `workers` worker processes.
 
 On CPU each process gets its share of the cores as torch threads (small models scale better over
 processes than over threads); on CUDA several processes share each GPU (`--runs-per-gpu`), since
@@ -7,6 +7,7 @@ one small CNN leaves a GPU mostly idle.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 from collections import deque
@@ -39,9 +40,25 @@ def run_sequential(todo: Todo, options: RunOptions, bar: Progress) -> list[str]:
     return statuses
 
 
-def _worker(conn: Connection, device: str, workers: int, options: RunOptions) -> None:
-    """A spawned worker: trains the units (a cell or a pack) the parent sends, one at a time, until
-    None, each with its share of the CPU threads (`cores.threads_for`) as the unit starts."""
+def _context() -> multiprocessing.context.BaseContext:
+    """Forkserver where the system has it: one server process imports torch once and every worker
+    forks from it in a fraction of a second, instead of importing torch again (seconds each: a
+    replaced worker, or the next executor of a notebook, waits that long). Not plain fork: a fork of
+    a process that has run torch's threads can deadlock, and the server runs none."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", __name__])  # no effect once the server runs
+    return ctx
+
+
+def _worker(conn: Connection, device: str, workers: int, options: RunOptions, cwd: str, path: list[str]) -> None:
+    """A worker: trains the units (a cell or a pack) the parent sends, one at a time, until None,
+    each with its share of the CPU threads (`cores.threads_for`) as the unit starts. It takes the
+    parent's folder and import path as they are now, as a spawned one would (a forkserver's are
+    those of when it started: a relative results folder would be another)."""
+    os.chdir(cwd)
+    sys.path[:] = path
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle...
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # ...it stops us so that claims are released
     options.environment.prepare()
@@ -72,7 +89,7 @@ def _release_dead(unit: Unit) -> None:
 
 
 class LocalExecutor:
-    """Units in this process, or in `options.workers` spawned processes, each with its own device
+    """Units in this process, or in `options.workers` worker processes, each with its own device
     and thread share. The workers live until `close`, so the rounds of `run --until-decided` pay
     their start-up once.
 
@@ -84,7 +101,7 @@ class LocalExecutor:
     def __init__(self, options: RunOptions) -> None:
         self.options = options
         self.slots: list[_Slot] = []
-        self.ctx = multiprocessing.get_context("spawn")  # fork after torch has run threads can deadlock
+        self.ctx = _context()
         if options.device.type == "cuda" and options.device.index is None:
             self.devices = [f"cuda:{i % torch.cuda.device_count()}" for i in range(options.workers)]
         else:
@@ -119,7 +136,8 @@ class LocalExecutor:
 
     def _start(self, device: str) -> _Slot:
         parent, child = self.ctx.Pipe()
-        process = self.ctx.Process(target=_worker, args=(child, device, len(self.devices), self.options), daemon=True)
+        process = self.ctx.Process(target=_worker, daemon=True, args=(
+            child, device, len(self.devices), self.options, os.getcwd(), list(sys.path)))
         process.start()
         child.close()  # the worker's end: when the worker dies, reading ours gives EOFError
         return _Slot(device, process, parent)
