@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import textwrap
 
 import pytest
 
@@ -19,10 +20,13 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SIX_CONFIGS = TINY_GRID + "model.dropout = [0.0, 0.25, 0.5]\n"
 
 
-@pytest.fixture
-def report(write_grid, tmp_path):
-    """A six-configuration grid (batchnorm x dropout, 2 seeds) with every run stored, reported as html."""
-    grid = load_grid(write_grid(SIX_CONFIGS))
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    """A six-configuration grid (batchnorm x dropout, 2 seeds) with every run stored, reported as html
+    (once for the module: its tests only read it)."""
+    tmp_path = tmp_path_factory.mktemp("html")
+    (tmp_path / "grid.toml").write_text(textwrap.dedent(SIX_CONFIGS))
+    grid = load_grid(tmp_path / "grid.toml")
     store = ResultStore(tmp_path / "results", grid.name)
     for i, cell in enumerate(grid.cells):
         store.put(fabricate(cell, (10 + (7 * i) % 24) / 36))  # accuracies in no particular order
