@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 import random
 import re
@@ -15,18 +16,17 @@ import time
 
 import pandas as pd
 import pytest
-import torch
 
 import ablatrix
 
 from ablatrix.cli import main
 from ablatrix.executors import run_grids
-from ablatrix.runner import RunOptions
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
 from conftest import TINY_GRID, fabricate
 from fakes import instant
+from test_executors import OPTIONS
 
 
 def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
@@ -134,7 +134,7 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
 def resume(grid: Path, results: Path) -> tuple[int, int]:
     """The next run, in this process with the instant trainer (what it finds is the store's, whichever
     executor left it; the resumed trainings themselves are tested elsewhere): (trained, already done)."""
-    summary = run_grids([load_grid(grid)], results, RunOptions(torch.device("cpu"), results, trainer=instant))
+    summary = run_grids([load_grid(grid)], results, replace(OPTIONS, trainer=instant))
     assert (summary.failed, summary.elsewhere) == (0, 0)
     return summary.trained, summary.skipped
 
