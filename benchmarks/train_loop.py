@@ -1,11 +1,13 @@
 """One training epoch three ways, same model, data and batches: (a) the ablatrix trainer,
 (b) the bare compute loop (forward, backward, step, nothing else), (c) a notebook-style loop:
-a DataLoader over torchvision's FashionMNIST (ToTensor + Normalize per sample), .item() every step.
+a DataLoader over torchvision's FashionMNIST (ToTensor + Normalize per sample), .item() every step;
+on CUDA also (d), the bare loop with cuDNN's autotuned (not deterministic) kernels.
 
     python benchmarks/train_loop.py [--device cpu|cuda] [--samples N] [--repeats 3]
 
 Prints a table, then as its last line one JSON object with, per model,
-trainer_over_floor = a / b and dataloader_over_trainer = c / a (one run each: ratios, not seconds,
+trainer_over_floor = a / b, dataloader_over_trainer = c / a and on CUDA deterministic_over_autotuned
+= b / d (one run each: ratios, not seconds,
 are what compares across noisy machines; each loop's fastest of --repeats epochs counts).
 """
 from __future__ import annotations
@@ -113,6 +115,13 @@ def floor_epoch(cfg: RunConfig, data: Splits, device: torch.device, execution: E
     return time.perf_counter() - start
 
 
+def autotuned_epoch(cfg: RunConfig, data: Splits, device: torch.device, execution: Execution) -> float:
+    """(d) The floor with cuDNN's autotuner choosing the kernels (timed at their first use; not
+    deterministic), which ablatrix leaves off on CUDA so that a training repeats bit for bit."""
+    with torch.backends.cudnn.flags(enabled=True, benchmark=True, deterministic=False):
+        return floor_epoch(cfg, data, device, execution)
+
+
 def dataloader_epoch(cfg: RunConfig, dataset: Dataset, device: torch.device, execution: Execution) -> float:
     """What notebooks do: a DataLoader over a torchvision dataset, a host sync (.item()) every step."""
     torch.manual_seed(cfg.seed)
@@ -153,21 +162,26 @@ def main() -> None:
     for name, (params, batch) in MODELS.items():
         cfg = RunConfig("fashion-mnist", 0, ModelConfig("convnet", resolve_params("convnet", params)),
                         TrainConfig(epochs=1, patience=0, batch_size=batch))
-        floor_epoch(cfg, data, device, execution)  # warm-up: allocator, kernels, caches
-        times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
-        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits all three
-            times["a"].append(trainer_epoch(cfg, data, device, execution))
-            times["b"].append(floor_epoch(cfg, data, device, execution))
-            times["c"].append(dataloader_epoch(cfg, dataset, device, execution))
-        a, b, c = (min(t) for t in times.values())  # the least disturbed epoch of each
+        loops = {"a": trainer_epoch, "b": floor_epoch, "c": dataloader_epoch}
+        if device.type == "cuda":
+            loops["d"] = autotuned_epoch
+        for loop in loops.values():  # warm-up: allocator, kernels, caches, the autotuner's choices
+            loop(cfg, dataset if loop is dataloader_epoch else data, device, execution)
+        times: dict[str, list[float]] = {k: [] for k in loops}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits them all
+            for k, loop in loops.items():
+                times[k].append(loop(cfg, dataset if loop is dataloader_epoch else data, device, execution))
+        a, b, c, *d = (min(t) for t in times.values())  # the least disturbed epoch of each
         n_params = sum(p.numel() for p in create_model("convnet", (1, 28, 28), 10, **params).parameters())
-        rows.append([name, f"{n_params:,}", batch, f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", f"{a / b:.3f}", f"{c / a:.3f}"])
-        result[name] = {"trainer_over_floor": round(a / b, 3), "dataloader_over_trainer": round(c / a, 3)}
+        rows.append([name, f"{n_params:,}", batch, f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", f"{a / b:.3f}", f"{c / a:.3f}",
+                     *(f"{b / d[0]:.3f}" for _ in d)])
+        result[name] = {"trainer_over_floor": round(a / b, 3), "dataloader_over_trainer": round(c / a, 3),
+                        **({"deterministic_over_autotuned": round(b / d[0], 3)} if d else {})}
     print(f"fastest of {args.repeats} epochs of {args.samples:,} samples ({source}) on {device} "
           f"({environment(device)['device_name']}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, execution {execution}")
     print(tabulate(rows, headers=["model", "params", "batch", "(a) trainer s", "(b) floor s",
-                                  "(c) DataLoader s", "a/b", "c/a"]))
+                                  "(c) DataLoader s", "a/b", "c/a", *(["b/d (d: autotuned floor)"] if device.type == "cuda" else [])]))
     print(json.dumps(result))
     folder.cleanup()
 

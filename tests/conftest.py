@@ -1,6 +1,7 @@
 """Shared helpers: tiny grid files written into a temporary folder, the pid of a dead process."""
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -31,6 +32,18 @@ fc = []
 [axes]
 model.batchnorm = [true, false]
 """
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a GPU: the CUDA path is checked where one is present"))])
+def device(request) -> torch.device:
+    """Each device a test of training runs on: the CPU always, CUDA where a GPU is present."""
+    return torch.device(request.param)
+
+
+def on(data, device: torch.device):
+    """`data` (a Splits) with its tensors on `device`."""
+    return dataclasses.replace(data, **{k: v.to(device) for k, v in vars(data).items() if isinstance(v, torch.Tensor)})
 
 
 @pytest.fixture(autouse=True)

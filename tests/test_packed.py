@@ -16,6 +16,7 @@ from ablatrix.evaluation import Execution, evaluate
 from ablatrix.loop import Checkpoint, TrainingDiverged
 from ablatrix.packed import pack_key, pack_size
 from ablatrix.train import fit, train_unit
+from conftest import on
 
 CPU = torch.device("cpu")
 
@@ -55,11 +56,12 @@ def assert_same_run(packed, plain, data) -> None:
 
 @pytest.mark.parametrize("batchnorm", [True, False])
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_members_equal_their_plain_runs(float64, batchnorm, optimizer):
+def test_members_equal_their_plain_runs(float64, batchnorm, optimizer, device):
     """Without dropout, each member of a pack of 3 ends one epoch where its plain run does."""
     configs = [config(seed, {"batchnorm": batchnorm}, optimizer=optimizer, lr=0.01) for seed in (0, 1, 2)]
-    for packed, cfg in zip(fit(configs, float64, CPU), configs):
-        assert_same_run(packed, fit([cfg], float64, CPU)[0], float64)
+    data = on(float64, device)
+    for packed, cfg in zip(fit(configs, data, device), configs):
+        assert_same_run(packed, fit([cfg], data, device)[0], data)
 
 
 def test_members_keep_their_own_learning_rate_decay_and_stopping(float64):
@@ -98,7 +100,7 @@ class Stop(Exception):
     """Stands for a kill at the end of an epoch."""
 
 
-def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
+def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path, device):
     """A pack with dropout and BatchNorm, one member stopping early (patience) and one diverging, stopped
     after epochs 2 and 5 and resumed from its checkpoint each time: every member ends with the history,
     test metrics and weights of the uninterrupted pack, and says where it resumed."""
@@ -106,7 +108,8 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
     configs = [config(0, model, epochs=7, lr=0.03, patience=1, restore_best=True),
                config(1, model, epochs=7, lr=0.01),
                config(2, model, epochs=7, lr=1e12)]
-    twin = train_unit(configs, digits, CPU)
+    digits = on(digits, device)
+    twin = train_unit(configs, digits, device)
     assert isinstance(twin[2], TrainingDiverged) and twin[0][0]["epochs_trained"] < 7  # or this tests less
     checkpoint = Checkpoint(tmp_path / "pack.pt")
     for kill in (2, 5):
@@ -114,9 +117,9 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
             if row["epoch"] == kill:
                 raise Stop
         with pytest.raises(Stop):
-            train_unit(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
+            train_unit(configs, digits, device, on_epoch=stop, checkpoint=checkpoint)
         assert torch.load(checkpoint.path, weights_only=True)["epoch"] == kill
-    resumed = train_unit(configs, digits, CPU, checkpoint=checkpoint)
+    resumed = train_unit(configs, digits, device, checkpoint=checkpoint)
     assert str(resumed[2]) == str(twin[2])
     for (result, weights), (result0, weights0) in zip(resumed[:2], twin[:2]):
         assert result.pop("resumed_after_epochs") == [2, 5]
@@ -126,10 +129,12 @@ def test_a_pack_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path):
         assert all(torch.equal(weights[n][k], weights0[n][k]) for n in weights0 for k in weights0[n])
 
 
-def test_cuda_code_paths_run_on_cpu(digits):
-    """bf16 autocast and channels_last, the CUDA defaults, run through a pack on CPU and give finite results."""
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_trains_a_pack(digits, device, amp):
+    """Autocast (fp16 with its gradient scaler) and channels_last, the CUDA defaults, train a pack with
+    dropout to finite losses and a test accuracy far above chance, on each device."""
     configs = [config(seed, {"dropout": 0.2, "dropout_kind": "dropout2d"}, epochs=2) for seed in (0, 1)]
-    results = train_unit(configs, digits, CPU, Execution(amp="bf16", channels_last=True))
+    results = train_unit(configs, on(digits, device), device, Execution(amp=amp, channels_last=True))
     for result, _ in results:
         assert all(math.isfinite(r["train_loss"]) for r in result["history"])
         assert result["test"]["accuracy"] > 0.3  # ten classes: far above chance after two epochs

@@ -18,6 +18,7 @@ from ablatrix.evaluation import PLAIN, Execution, classification_metrics, evalua
 from ablatrix.loop import Checkpoint, TrainingDiverged
 from ablatrix.optim import OPTIMIZERS, build_optimizer
 from ablatrix.train import fit, train_unit
+from conftest import on
 
 CPU = torch.device("cpu")
 
@@ -52,34 +53,36 @@ def digits() -> Splits:
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_same_config_and_seed_give_the_same_numbers(digits, optimizer):
-    """Two trainings of one config on CPU agree exactly; another seed does not."""
-    first = train_run(config(optimizer=optimizer), digits, CPU)
-    again = train_run(config(optimizer=optimizer), digits, CPU)
-    other = train_run(config(seed=1, optimizer=optimizer), digits, CPU)
+def test_same_config_and_seed_give_the_same_numbers(digits, optimizer, device):
+    """Two trainings of one config on one device agree exactly; another seed does not."""
+    data = on(digits, device)
+    first = train_run(config(optimizer=optimizer), data, device)
+    again = train_run(config(optimizer=optimizer), data, device)
+    other = train_run(config(seed=1, optimizer=optimizer), data, device)
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]  # noqa: E731
     assert strip(first["history"]) == strip(again["history"])
     assert first["test"] == again["test"]
     assert strip(first["history"]) != strip(other["history"])
 
 
-def test_training_learns(digits):
-    """A few epochs on digits get far above the 10% chance level."""
-    result = train_run(config(epochs=8), digits, CPU)
+def test_training_learns(digits, device):
+    """A few epochs on digits, as the device runs by default (bf16 and channels_last on CUDA), get far
+    above the 10% chance level."""
+    result = train_run(config(epochs=8), on(digits, device), device, Execution.default_for(device))
     assert result["test"]["accuracy"] > 0.8
     assert result["history"][-1]["train_loss"] < result["history"][0]["train_loss"]
 
 
-def test_early_stopping_stops_after_patience_and_restores_the_best_weights(digits):
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(digits, device):
     """With patience 2 training stops 2 epochs after the best val loss and ends with those weights."""
-    cfg = config(epochs=60, patience=2, lr=0.05)
-    model, history, best = fit_one(cfg, digits, CPU)
+    cfg, digits = config(epochs=60, patience=2, lr=0.05), on(digits, device)
+    model, history, best = fit_one(cfg, digits, device)
     assert len(history) < 60 and len(history) - best == 2
     assert min(history, key=lambda row: row["val_loss"])["epoch"] == best
     val_loss, _, _ = evaluate(model, digits.val_x, digits.val_y)
     assert val_loss == pytest.approx(history[best - 1]["val_loss"], rel=1e-6)
     no_restore = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, restore_best=False))
-    model_last, last_history, _ = fit_one(no_restore, digits, CPU)
+    model_last, last_history, _ = fit_one(no_restore, digits, device)
     assert evaluate(model_last, digits.val_x, digits.val_y)[0] == pytest.approx(last_history[-1]["val_loss"])
     assert last_history[-1]["val_loss"] > val_loss
 
@@ -330,23 +333,24 @@ def test_a_checkpoint_removed_during_its_write_is_not_an_error(tmp_path, monkeyp
     ({"patience": 0, "schedule": "StepLR", "schedule_args": {"step_size": 2}, "warmup_epochs": 1,
       "optimizer": "sgd"}, {"dropout": 0.2}, [1, 4]),
 ])
-def test_a_training_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path, train, model, kills):
+def test_a_training_stopped_after_an_epoch_resumes_bit_for_bit(digits, tmp_path, train, model, kills, device):
     """Stopped after epochs `kills` and resumed from its checkpoint each time, a training ends with the
     history, best epoch, test metrics and weights of its uninterrupted twin, and says where it resumed."""
     params = resolve_params("convnet", {"conv": [4], "fc": [16], **model})
     cfg = RunConfig("digits", 0, ModelConfig("convnet", params), TrainConfig(**{"epochs": 7, "lr": 0.05, **train}))
     configs = [cfg, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, eval_mode="train"))] \
         if not cfg.train.patience else [cfg]
-    (twin, *_), twin_weights = train_cells(configs, digits, CPU)
+    digits = on(digits, device)
+    (twin, *_), twin_weights = train_cells(configs, digits, device)
     checkpoint = Checkpoint(tmp_path / "ckpt.pt")
     for kill in kills:
         def stop(row, kill=kill):
             if row["epoch"] == kill:
                 raise Stop
         with pytest.raises(Stop):
-            train_cells(configs, digits, CPU, on_epoch=stop, checkpoint=checkpoint)
+            train_cells(configs, digits, device, on_epoch=stop, checkpoint=checkpoint)
         assert torch.load(checkpoint.path, weights_only=True)["epoch"] == kill
-    (resumed, *_), weights = train_cells(configs, digits, CPU, checkpoint=checkpoint)
+    (resumed, *_), weights = train_cells(configs, digits, device, checkpoint=checkpoint)
     assert resumed.pop("resumed_after_epochs") == kills
     assert _without_seconds(resumed) == _without_seconds(twin)
     assert all(torch.equal(weights[n][k], twin_weights[n][k]) for n in twin_weights for k in twin_weights[n])

@@ -15,5 +15,4 @@ __all__ = ["__version__", *_PUBLIC]
 def __getattr__(name: str) -> Any:
     if name not in _PUBLIC:
         raise AttributeError(f"module 'ablatrix' has no attribute {name!r}")
-    import_module(".datasets", __name__)  # registers the built-in datasets
     return getattr(import_module(f".{_PUBLIC[name]}", __name__), name)

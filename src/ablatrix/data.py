@@ -171,3 +171,7 @@ SAMPLERS.register("uniform")(lambda y, c, g: torch.randperm(len(y), generator=g)
 # Draws len(y) indices with replacement, each class equally likely: rare classes repeat.
 SAMPLERS.register("balanced")(lambda y, c, g: torch.multinomial(
     (1 / class_frequencies(y, c))[y].cpu(), len(y), replacement=True, generator=g))
+
+# The built-in datasets register themselves here, so whoever looks DATASETS up finds them
+# (datasets.py imports this module's definitions above, which are complete by now).
+from . import datasets as _built_in  # noqa: E402,F401

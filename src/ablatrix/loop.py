@@ -43,6 +43,10 @@ def loss_weight(cfg: TrainConfig, data: Splits, device: torch.device) -> torch.T
     return (counts.sum() / (data.num_classes * counts)).to(device)
 
 
+def _to(state: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device) for k, v in state.items()}
+
+
 def copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """A copy of the model's weights and buffers that training will not change."""
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -180,7 +184,10 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
     specs, data, device = members.members, members.data, members.device
     size, cfg = len(specs), specs[0].config.train  # fields that shape batches are common to all members
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv kernels once
+        # Deterministic convolution kernels, not those cuDNN's autotuner times fastest: a training
+        # then repeats, and resumes, bit for bit on one GPU as it does on CPU. With autotuning two
+        # trainings of one config parted at 1e-7 in the first epoch on an H200 (benchmarks/README.md).
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = False, True
     orders = [torch.Generator().manual_seed(m.config.seed) for m in specs]
     scaler = torch.amp.GradScaler(device.type, enabled=members.execution.amp == "fp16")
     sample, n_used = SAMPLERS.lookup(cfg.sampler), usable_samples(len(data.train_x), cfg.batch_size)
@@ -205,8 +212,11 @@ def run_loop(members: Members, identity: str, on_epoch: OnEpoch = lambda b, row:
             torch.cuda.set_rng_state(state["cuda_rng"], device)
         for generator, order_state in zip(orders, state["orders"]):
             generator.set_state(order_state)
-        histories, best_loss, best_epoch, best_state, final, failures, running = (state[k] for k in (
-            "histories", "best_loss", "best_epoch", "best_state", "final", "failures", "running"))
+        histories, best_loss, best_epoch, failures, running = (state[k] for k in (
+            "histories", "best_loss", "best_epoch", "failures", "running"))
+        # Saved weights come back on the CPU; on the device they are what an unstopped training holds.
+        best_state = [{mode: _to(s, device) for mode, s in member.items()} for member in state["best_state"]]
+        final = [None if s is None else _to(s, device) for s in state["final"]]
         resumed, epoch = [*state["resumed"], state["epoch"]], state["epoch"]
         for b in set(range(size)) - set(running):
             members.freeze(b)

@@ -15,7 +15,6 @@ from typing import Any, Iterable
 
 from .config import CONFIDENCE, MARGIN, ModelConfig, RunConfig, TrainConfig, allowed
 from .data import AUGMENTATIONS, DATASETS, SAMPLERS
-from . import datasets as _built_in  # noqa: F401  (registers the built-in datasets, which grids name)
 from .designs import DesignSpec, design_combos, parse_design
 from .environment import Environment
 from .sources import SOURCES, parse_source
