@@ -16,6 +16,7 @@ import time
 
 import pandas as pd
 import pytest
+import torch
 
 import ablatrix
 
@@ -96,11 +97,22 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(write_grid, tmp_path, 
     assert sorted(p.name for p in results.iterdir()) == ["keep.txt"]
 
 
+def test_workers_on_a_gpu_are_refused(write_grid, tmp_path, capsys, monkeypatch):
+    """--workers where the run would train on CUDA is one error naming --runs-per-gpu, not a grid trained
+    one cell at a time."""
+    monkeypatch.setattr("ablatrix.runner.resolve_device", lambda name: torch.device("cuda"))
+    assert main(["run", str(write_grid()), "--results", str(tmp_path / "res"), "--workers", "2"]) == 2
+    assert "--workers is for CPU processes and this run trains on cuda: give --runs-per-gpu 2, or --device cpu" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "res").exists()
+
+
 @pytest.mark.slow
 # SIGTERM is handled once, in the runner's main process (a sequential runner's is the same code as
 # a 2-worker one's parent), so the 2-worker case covers it; SIGINT reaches workers too, so both.
-@pytest.mark.parametrize("executor, stop", [(["--workers", "1"], "int"), (["--workers", "2"], "int"),
-                                            (["--executor", "ray"], "int"), (["--workers", "2"], "term")],
+@pytest.mark.parametrize("executor, stop", [(["--workers", "1", "--device", "cpu"], "int"),
+                                            (["--workers", "2", "--device", "cpu"], "int"),
+                                            (["--executor", "ray"], "int"), (["--workers", "2", "--device", "cpu"], "term")],
                          ids=["sequential", "2-workers", "ray", "2-workers-sigterm"])
 def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor, stop):
     """SIGINT to a real `ablatrix run` (its process group, as a terminal sends it) exits 130 with a

@@ -425,7 +425,7 @@ def test_worker_processes_read_data_named_by_path(write_grid, tmp_path, capsys):
     """--workers 2: spawned workers, which start with the built-in datasets only, read the grid's npz."""
     write_npz(tmp_path / "a.npz")
     grid = write_grid(SOURCE_GRID.format(dataset="npz:a.npz").replace("seeds = [0]", "seeds = [0, 1]"))
-    assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--workers", "2"]) == 0
+    assert main(["run", str(grid), "--results", str(tmp_path / "out"), "--workers", "2", "--device", "cpu"]) == 0
     assert "trained 2, failed 0" in capsys.readouterr().out
     DATASETS.pop("npz:a.npz")
 

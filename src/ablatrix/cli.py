@@ -125,6 +125,9 @@ def _run_options(args: argparse.Namespace) -> RunOptions:
         raise AblatrixError("--workers and --runs-per-gpu take an integer >= 1")
     if runs_per_gpu > 1 and device.type != "cuda":
         raise AblatrixError("--runs-per-gpu needs a CUDA device; on CPU use --workers N")
+    if args.workers is not None and device.type == "cuda":  # else a GPU machine would train one cell at a time
+        raise AblatrixError(f"--workers is for CPU processes and this run trains on {device}: give --runs-per-gpu "
+                            f"{workers}, or --device cpu")
     gpus = 1 if device.index is not None or device.type == "cpu" else torch.cuda.device_count()
     return RunOptions(device, workers=workers if device.type == "cpu" else runs_per_gpu * gpus, **common)
 
