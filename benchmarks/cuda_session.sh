@@ -9,7 +9,9 @@
 # the quickstart grid through the CLI five ways (the default bf16 + channels_last, --fp32,
 # --pack auto, --runs-per-gpu 4, and --compile on two cells), whose test accuracies are then set beside the
 # committed CPU runs of the same run ids. Part 2, one at a time: benchmarks/packed.py,
-# train_loop.py and stacked_seeds.py on CUDA. $OUT gets SUMMARY.txt (the digest), the bf16 run's
+# train_loop.py and stacked_seeds.py on CUDA. Part 3, while time lasts: the whole suite, module by
+# module (at most 90 s each, so a slow module costs only itself), with one line per failure: no
+# test may assume that there is no GPU. $OUT gets SUMMARY.txt (the digest), the bf16 run's
 # REPORT.md, and session.tgz (every log and the CUDA runs' records).
 set -u
 OUT=${OUT:-cuda-session}
@@ -65,5 +67,13 @@ timed bench-packed 130 "$PY" benchmarks/packed.py --device cuda --cells 32 --pac
 timed bench-train-loop 60 "$PY" benchmarks/train_loop.py --device cuda --repeats 2
 timed bench-stacked-seeds 40 "$PY" benchmarks/stacked_seeds.py --device cuda
 for b in packed train-loop stacked-seeds; do echo "== $b"; tail -n 12 "$WORK/logs/bench-$b.txt"; done >> "$OUT/SUMMARY.txt"
+echo "== the suite, module by module (SUITE_SECONDS=${SUITE_SECONDS:=240} in all)" >> "$OUT/SUMMARY.txt"
+suite_end=$((SECONDS + SUITE_SECONDS))
+for module in tests/test_*.py; do
+    [ $SECONDS -lt $suite_end ] || { echo "not reached: $module" >> "$OUT/SUMMARY.txt"; continue; }
+    name=$(basename "$module" .py)
+    timed "$name" 90 "$PY" -m pytest -q -p no:cacheprovider --tb=line "$module"
+    grep -E "^(FAILED|ERROR)|^/.*Error|passed|failed" "$WORK/logs/$name.txt" | tail -n 8 >> "$OUT/SUMMARY.txt"
+done
 tar -czf "$OUT/session.tgz" -C "$WORK" --exclude '*.pt' --exclude weights . 2>/dev/null
 cat "$OUT/SUMMARY.txt"
