@@ -162,21 +162,23 @@ def main() -> None:
     for name, (params, batch) in MODELS.items():
         cfg = RunConfig("fashion-mnist", 0, ModelConfig("convnet", resolve_params("convnet", params)),
                         TrainConfig(epochs=1, patience=0, batch_size=batch))
-        loops = {"a": trainer_epoch, "b": floor_epoch, "c": dataloader_epoch}
+        loops = {"a": (trainer_epoch, data), "b": (floor_epoch, data), "c": (dataloader_epoch, dataset)}
         if device.type == "cuda":
-            loops["d"] = autotuned_epoch
-        for loop in loops.values():  # warm-up: allocator, kernels, caches, the autotuner's choices
-            loop(cfg, dataset if loop is dataloader_epoch else data, device, execution)
+            loops["d"] = (autotuned_epoch, data)
+        for loop, inputs in loops.values():  # warm-up: allocator, kernels, caches, the autotuner's choices
+            loop(cfg, inputs, device, execution)
         times: dict[str, list[float]] = {k: [] for k in loops}
         for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits them all
-            for k, loop in loops.items():
-                times[k].append(loop(cfg, dataset if loop is dataloader_epoch else data, device, execution))
-        a, b, c, *d = (min(t) for t in times.values())  # the least disturbed epoch of each
+            for k, (loop, inputs) in loops.items():
+                times[k].append(loop(cfg, inputs, device, execution))
+        best = {k: min(t) for k, t in times.items()}  # the least disturbed epoch of each
+        a, b, c = best["a"], best["b"], best["c"]
+        ratios = {"trainer_over_floor": a / b, "dataloader_over_trainer": c / a}
+        if "d" in best:
+            ratios["deterministic_over_autotuned"] = b / best["d"]
         n_params = sum(p.numel() for p in create_model("convnet", (1, 28, 28), 10, **params).parameters())
-        rows.append([name, f"{n_params:,}", batch, f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", f"{a / b:.3f}", f"{c / a:.3f}",
-                     *(f"{b / d[0]:.3f}" for _ in d)])
-        result[name] = {"trainer_over_floor": round(a / b, 3), "dataloader_over_trainer": round(c / a, 3),
-                        **({"deterministic_over_autotuned": round(b / d[0], 3)} if d else {})}
+        rows.append([name, f"{n_params:,}", batch, f"{a:.2f}", f"{b:.2f}", f"{c:.2f}", *(f"{r:.3f}" for r in ratios.values())])
+        result[name] = {k: round(r, 3) for k, r in ratios.items()}
     print(f"fastest of {args.repeats} epochs of {args.samples:,} samples ({source}) on {device} "
           f"({environment(device)['device_name']}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, execution {execution}")
