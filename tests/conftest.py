@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import subprocess
 import sys
 import textwrap
@@ -63,14 +64,17 @@ def figures_drawn_not_written(request, monkeypatch):
     monkeypatch.setattr(figures, "_save", render)
 
 
+def grid_file(folder: Path, text: str = TINY_GRID, name: str = "grid.toml") -> Path:
+    """Path of a grid file in `folder` holding `text`."""
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
 @pytest.fixture
 def write_grid(tmp_path: Path):
     """write_grid(text, name="grid.toml") -> path of a grid file holding `text`."""
-    def write(text: str = TINY_GRID, name: str = "grid.toml") -> Path:
-        path = tmp_path / name
-        path.write_text(textwrap.dedent(text))
-        return path
-    return write
+    return functools.partial(grid_file, tmp_path)
 
 
 SUPPORT = 36  # test examples per class in fabricated records

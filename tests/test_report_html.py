@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import textwrap
 
 import pytest
 
@@ -12,7 +11,7 @@ from ablatrix.report import write_report
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
-from conftest import TINY_GRID, fabricate
+from conftest import TINY_GRID, fabricate, grid_file
 
 pytestmark = pytest.mark.figures  # the page embeds the PNGs
 
@@ -25,8 +24,7 @@ def report(tmp_path_factory):
     """A six-configuration grid (batchnorm x dropout, 2 seeds) with every run stored, reported as html
     (once for the module: its tests only read it)."""
     tmp_path = tmp_path_factory.mktemp("html")
-    (tmp_path / "grid.toml").write_text(textwrap.dedent(SIX_CONFIGS))
-    grid = load_grid(tmp_path / "grid.toml")
+    grid = load_grid(grid_file(tmp_path, SIX_CONFIGS))
     store = ResultStore(tmp_path / "results", grid.name)
     for i, cell in enumerate(grid.cells):
         store.put(fabricate(cell, (10 + (7 * i) % 24) / 36))  # accuracies in no particular order
