@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 import subprocess
 import sys
 import textwrap
@@ -10,7 +11,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
-import torch
+
+
+def _cores() -> tuple[list[int], list[int]]:
+    """All the cores this run may use, and this pytest-xdist worker's share of them (all, outside xdist)."""
+    cores = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and len(cores) >= count > 1:
+        return cores, cores[int(worker.removeprefix("gw")) :: count]
+    return cores, cores
+
+
+# Under pytest-xdist (`-n 2`, pyproject's addopts) each worker keeps to its own share of the cores, and so
+# does every process a test starts (`ablatrix run`, worker pools inherit the affinity). `ablatrix.cores`
+# and torch size their threads by it: two workers' trainings never share a core (on 2 cores, two workers
+# of 2 threads each ran the suite slower than one worker), and a training in this process and its twin in
+# a subprocess use as many threads, so they still agree bit for bit. Pinned before torch is imported,
+# which sizes its thread pool then; `pytest_runtest_setup` below widens it for tests that start Ray or Slurm.
+ALL_CORES, OWN_CORES = _cores()
+if OWN_CORES != ALL_CORES:
+    os.sched_setaffinity(0, OWN_CORES)
+    os.environ["OMP_NUM_THREADS"] = str(len(OWN_CORES))
+
+import torch  # noqa: E402
 
 from ablatrix import record
 from ablatrix.loop import TrainingDiverged
@@ -124,15 +147,30 @@ def dead_pid() -> int:
     return proc.pid
 
 
+def ray_group(item: pytest.Item) -> int:
+    """2 for a test that starts a Ray of its own (or a cluster), 1 for one that uses the shared local Ray, else 0."""
+    if item.get_closest_marker("starts_ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
+        return 2
+    callspec = getattr(item, "callspec", None)
+    options = callspec.params.get("options") if callspec else None
+    return int(item.get_closest_marker("shared_ray") is not None or getattr(options, "executor", "") == "ray")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Within each module, the tests that use the shared local Ray run one after another, and those that
     start a Ray or a cluster of their own after them: every Ray start costs seconds (test_executors.py's
     `ray_as_the_test_needs` starts the shared one when a test needs it and none is up)."""
-    def ray_group(item: pytest.Item) -> int:
-        if item.get_closest_marker("starts_ray") or "ray_cluster" in getattr(item, "fixturenames", ()):
-            return 2
-        callspec = getattr(item, "callspec", None)
-        options = callspec.params.get("options") if callspec else None
-        return int(item.get_closest_marker("shared_ray") is not None or getattr(options, "executor", "") == "ray")
     modules = {item.path: i for i, item in reversed(list(enumerate(items)))}
     items.sort(key=lambda item: (modules[item.path], ray_group(item)))
+
+
+@pytest.hookimpl(tryfirst=True)  # before the test's fixtures: a module's Slurm daemons start in its first test
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Under pytest-xdist, a test that starts or uses Ray or Slurm gets every core: a Ray of a dozen
+    processes on one core took three times as long to start. Daemons it starts keep that affinity."""
+    if OWN_CORES != ALL_CORES:
+        cores = ALL_CORES if ray_group(item) or item.get_closest_marker("slurm") else OWN_CORES
+        if set(cores) != os.sched_getaffinity(0):
+            os.sched_setaffinity(0, cores)
+            os.environ["OMP_NUM_THREADS"] = str(len(cores))
+            torch.set_num_threads(len(cores))

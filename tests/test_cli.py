@@ -112,13 +112,14 @@ def test_workers_on_a_gpu_are_refused(write_grid, tmp_path, capsys, monkeypatch)
 # a 2-worker one's parent), so the 2-worker case covers it; SIGINT reaches workers too, so both.
 @pytest.mark.parametrize("executor, stop", [(["--workers", "1", "--device", "cpu"], "int"),
                                             (["--workers", "2", "--device", "cpu"], "int"),
-                                            (["--executor", "ray"], "int"), (["--workers", "2", "--device", "cpu"], "term")],
+                                            pytest.param(["--executor", "ray"], "int", marks=pytest.mark.starts_ray),
+                                            (["--workers", "2", "--device", "cpu"], "term")],
                          ids=["sequential", "2-workers", "ray", "2-workers-sigterm"])
 def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path, executor, stop):
     """SIGINT to a real `ablatrix run` (its process group, as a terminal sends it) exits 130 with a
     message, SIGTERM to the runner alone (as `docker stop` sends it) 143; either way every saved
     record is complete, no claim is left, and the next run trains only the rest."""
-    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 20"))
     runs_dir = tmp_path / "res" / "tiny" / "runs"
     cmd = [sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(tmp_path / "res"), *executor]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
@@ -173,7 +174,7 @@ def test_two_concurrent_runners_train_every_cell_once(write_grid, tmp_path):
 @pytest.mark.slow
 def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, tmp_path):
     """SIGKILL mid-grid: every stored record parses; its dead claim is taken over; all cells finish once."""
-    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40"))
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 20"))
     runs = tmp_path / "res" / "tiny" / "runs"
     proc = runner(grid, tmp_path / "res")
     deadline = time.monotonic() + 120
@@ -250,7 +251,7 @@ def test_list_prints_a_fractions_resolution_and_alias_chains_before_training(wri
 def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(write_grid, tmp_path):
     """kill -9 of the runner at random moments inside one training, twice: the next run resumes each
     time from the last epoch checkpoint, and the records end equal to an uninterrupted run's."""
-    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 40")  # the kills end within about 12
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 24")  # the kills end within 12
                       + 'train.eval_mode = ["eval", "train"]\n', name="long.toml")
     args = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
     twin = runner(grid, tmp_path / "twin", *args)

@@ -19,6 +19,8 @@ from ablatrix.cli import main
 
 from conftest import TINY_GRID
 
+pytestmark = pytest.mark.slurm
+
 DAEMONS = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "scancel", "sinfo")
 SBIN = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
@@ -142,7 +144,7 @@ def test_a_grid_completes_through_slurm_with_a_local_runs_records(slurm, write_g
     assert not _jobs() and not _locks(tmp_path / "slurm")
 
 
-LONG = TINY_GRID.replace("epochs = 2", "epochs = 100")  # a stop lands mid-cell: about 10 epochs pass before it
+LONG = TINY_GRID.replace("epochs = 2", "epochs = 50")  # a stop lands mid-cell: about 10 epochs pass before it
 ONE_CELL = ["--set", "seeds=[0]", "--set", "axes.model.batchnorm=[true]", "--checkpoint-seconds", "0"]
 
 
@@ -179,7 +181,7 @@ def test_a_task_stopped_mid_cell_is_resumed_from_its_checkpoint(slurm, write_gri
         subprocess.run(["scontrol", "requeue", job], check=True)  # held for cred_expire + 1 s (the fixture's)
         _wait(lambda: list((tmp_path / "tiny" / "runs").glob("*.json")), 300, "the requeued task's record")
     (record,) = [json.loads(p.read_text()) for p in (tmp_path / "tiny" / "runs").glob("*.json")]
-    assert record["status"] == "done" and len(record["history"]) == 100
+    assert record["status"] == "done" and len(record["history"]) == 50
     assert record.get("resumed_after_epochs")
     _wait(lambda: not _jobs(), 60, "the array to end")
 
@@ -206,7 +208,7 @@ def test_seeds_on_demand_submits_the_grid_and_each_round_as_one_array(slurm, wri
     """`--until-decided` through Slurm: the grid's seeds, then each round's added seeds, as one job array
     each; it stops by itself with every cell done once and no job or claim left."""
     grid = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1]\nmax_seeds = 3"))
-    assert main(["run", str(grid), "--results", str(tmp_path), "--executor", "slurm", "--tasks", "2",
+    assert main(["run", str(grid), "--results", str(tmp_path), "--executor", "slurm", "--tasks", "1",
                  "--until-decided"]) == 0
     out = capsys.readouterr().out
     trained, rounds = map(int, re.search(r"trained (\d+) cells, the grid's seeds and (\d+) round\(s\)", out).groups())
