@@ -22,6 +22,12 @@ def _cores() -> tuple[list[int], list[int]]:
     return cores, cores
 
 
+def _keep_to(cores: list[int]) -> None:
+    """This process, and what it starts from now on, on `cores`, with as many OpenMP threads."""
+    os.sched_setaffinity(0, cores)
+    os.environ["OMP_NUM_THREADS"] = str(len(cores))
+
+
 # Under pytest-xdist (`-n 2`, pyproject's addopts) each worker keeps to its own share of the cores, and so
 # does every process a test starts (`ablatrix run`, worker pools inherit the affinity). `ablatrix.cores`
 # and torch size their threads by it: two workers' trainings never share a core (on 2 cores, two workers
@@ -30,8 +36,7 @@ def _cores() -> tuple[list[int], list[int]]:
 # which sizes its thread pool then; `pytest_runtest_setup` below widens it for tests that start Ray or Slurm.
 ALL_CORES, OWN_CORES = _cores()
 if OWN_CORES != ALL_CORES:
-    os.sched_setaffinity(0, OWN_CORES)
-    os.environ["OMP_NUM_THREADS"] = str(len(OWN_CORES))
+    _keep_to(OWN_CORES)
 
 import torch  # noqa: E402
 
@@ -171,6 +176,5 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
     if OWN_CORES != ALL_CORES:
         cores = ALL_CORES if ray_group(item) or item.get_closest_marker("slurm") else OWN_CORES
         if set(cores) != os.sched_getaffinity(0):
-            os.sched_setaffinity(0, cores)
-            os.environ["OMP_NUM_THREADS"] = str(len(cores))
+            _keep_to(cores)
             torch.set_num_threads(len(cores))
