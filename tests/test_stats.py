@@ -10,8 +10,9 @@ from scipy import stats as scipy_stats
 
 from ablatrix.boundaries import Design
 from ablatrix.stats import (decide, interaction_deltas, look_floors, mark_best, outliers,
-                            paired_deltas, per_seed, probability_of_improvement, seed_summary, seeds_needed,
-                            spread_floor, summarize, summarize_deltas, t_interval, t_test_p, verdict, wilson)
+                            paired_deltas, per_seed, probability_of_improvement, seed_rank, seed_summary,
+                            seeds_needed, spread_floor, summarize, summarize_deltas, t_interval, t_test_p, verdict,
+                            wilson)
 
 T_975_DF1, T_975_DF2 = 12.706205, 4.302653  # Student-t 97.5% quantiles from a printed table
 
@@ -337,3 +338,22 @@ def test_each_look_is_floored_with_its_own_seeds():
         (expected,) = spread_floor(pairs[pairs["seed"].isin(seeds)], ["comparison", "dataset"])["sd_floor"]
         assert floors[c - 1] == pytest.approx(expected)
     assert floors[1] == pytest.approx(STEP / math.sqrt(24)) and floors[2] > 5 * floors[1]
+
+
+@pytest.mark.parametrize("order", [(), (7, 2)])
+def test_seed_summary_gives_pandas_per_group_sd_values_and_seeds_to_the_bit(order):
+    """Discrete, tied seed means (a missing one too, groups of 1 to 9 seeds, a key missing): the
+    summary's sd equals pandas' `std(ddof=1)` of each group bit for bit, and its values and seeds are
+    each group's in the order the seeds were added, as pandas gives them."""
+    rng = np.random.default_rng(0)
+    rows = [(g, s, rng.integers(-30, 30) / 7) for g in range(40) for s in rng.permutation(10)[:1 + g % 9]]
+    frame = pd.DataFrame(rows, columns=["g", "seed", "delta"]).astype({"g": float})
+    frame.loc[3, "delta"], frame.loc[5, "g"] = math.nan, math.nan
+    out = seed_summary(frame, ["g"], order=order)
+    ranked = frame.assign(rank=seed_rank(frame["seed"], order)).sort_values("rank", kind="stable")
+    grouped = ranked.groupby("g", sort=False)
+    sd = grouped["delta"].agg(lambda x: x.std(ddof=1))
+    assert list(out["g"]) == list(sd.index) and out["sd"].to_numpy().tobytes() == sd.to_numpy().tobytes()
+    for column in ("delta", "seed"):  # repr: a NaN equals no other
+        assert [repr(v) for v in out["values" if column == "delta" else "seeds"]] == \
+            [repr(v) for v in grouped[column].agg(tuple)]

@@ -277,9 +277,11 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     frame = seed_means.assign(_rank=seed_rank(seed_means["seed"], order))
     frame = frame.sort_values("_rank", kind="stable")
     grouped = frame.groupby(list(by), sort=False, observed=True)
-    out = grouped["delta"].agg(mean="mean", sd=lambda x: x.std(ddof=1), n="size").reset_index()
-    out["values"] = grouped["delta"].agg(tuple).to_numpy()
-    out["seeds"] = grouped["seed"].agg(tuple).to_numpy()
+    out = grouped["delta"].agg(mean="mean", n="size").reset_index()
+    values, seeds = (_per_group(grouped, frame[column]) for column in ("delta", "seed"))
+    out["sd"] = [_sd(x) for x in values]
+    out["values"] = [tuple(x.tolist()) for x in values]
+    out["seeds"] = [tuple(s.tolist()) for s in seeds]
     merged = out[list(by)].merge(floors, on=list(by), how="left") if floors is not None else None
     out["sd_floor"] = 0.0 if merged is None else merged["sd_floor"].fillna(0.0).to_numpy()
     if merged is not None and "look_floors" in merged:
@@ -288,6 +290,29 @@ def seed_summary(seed_means: pd.DataFrame, by: Sequence[str], order: Sequence[in
     out["ci_low"], out["ci_high"] = interval(out["mean"], used_sd(out), out["n"], confidence)
     out["outlier_seeds"] = [outliers(v, s, f) for v, s, f in zip(out["values"], out["seeds"], out["sd_floor"])]
     return out
+
+
+def _per_group(grouped: pd.core.groupby.DataFrameGroupBy, column: pd.Series) -> list[np.ndarray]:
+    """`column`'s values of each group of `grouped` (in its order), rows in the frame's order: numpy
+    slices, where pandas' aggregation by a Python function builds a Series per group (that was most
+    of a sequential analysis's time)."""
+    codes = grouped.ngroup()
+    kept = codes.notna().to_numpy()  # rows of a missing key belong to no group
+    codes = codes.to_numpy()[kept].astype(int)
+    order = np.argsort(codes, kind="stable")
+    return np.split(column.to_numpy()[kept][order], np.cumsum(np.bincount(codes, minlength=grouped.ngroups))[:-1])
+
+
+def _sd(x: np.ndarray) -> float:
+    """pandas' `Series.std(ddof=1)` to the bit: NaN skipped, the two-pass sums over the array with
+    NaN as 0 (numpy's pairwise sum groups by position), NaN below 2 values."""
+    missing = np.isnan(x)
+    count = len(x) - int(missing.sum())
+    if count < 2:
+        return math.nan
+    x = np.where(missing, 0.0, x)
+    squares = np.where(missing, 0.0, (x.sum(dtype=np.float64) / count - x) ** 2)
+    return float(np.sqrt(squares.sum(dtype=np.float64) / (count - 1)))
 
 
 def used_sd(summary: pd.DataFrame) -> np.ndarray:
