@@ -4,9 +4,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -41,8 +43,14 @@ if OWN_CORES != ALL_CORES:
 import torch  # noqa: E402
 
 from ablatrix import record
+from ablatrix.executors import run_grids
 from ablatrix.loop import TrainingDiverged
+from ablatrix.runner import RunOptions
+from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
+from fakes import instant
+
+OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 
 TINY_GRID = """
 name = "tiny"
@@ -150,6 +158,36 @@ def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
     return proc.pid
+
+
+def stop_a_run(grid: Path, results: Path, extra: list[str], stop: str) -> tuple[int, str]:
+    """Starts `ablatrix run` as a terminal does, and once its first record is saved stops it with
+    Ctrl-C (SIGINT to its process group, workers included) or, for `stop="term"`, with SIGTERM to the
+    runner alone (as `docker stop` does): its exit status and stderr."""
+    runs = results / load_grid(grid).name / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results), *extra],
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            start_new_session=True,  # its own process group, as a terminal gives it
+                            # and Ctrl-C's default action, as a terminal gives it: pytest started in the
+                            # background of a script (`... &`) passes SIGINT on ignored, and the run would finish
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    deadline = time.monotonic() + 120
+    while not list(runs.glob("*.json")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if stop == "int":
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+def resume(grid: Path, results: Path) -> tuple[int, int]:
+    """The next run, in this process with the instant trainer (what it finds is the store's, whichever
+    executor left it; the resumed trainings themselves are tested elsewhere): (trained, already done)."""
+    summary = run_grids([load_grid(grid)], results, dataclasses.replace(OPTIONS, trainer=instant))
+    assert (summary.failed, summary.elsewhere) == (0, 0)
+    return summary.trained, summary.skipped
 
 
 def ray_group(item: pytest.Item) -> int:

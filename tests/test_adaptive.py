@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,7 +11,6 @@ import torch
 from ablatrix.adaptive import plan, run_until_decided
 from ablatrix.cli import main
 from ablatrix.executors import run_grids
-from ablatrix.runner import RunOptions
 from ablatrix.errors import AblatrixError
 from ablatrix.report import write_report
 from ablatrix.sequential import new_design
@@ -20,9 +18,8 @@ from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 from ablatrix.evaluation import classification_metrics
 
-from conftest import TINY_GRID
+from conftest import OPTIONS, TINY_GRID
 
-OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 GRID = """
 name = "adaptive"
 datasets = ["digits"]

@@ -30,11 +30,10 @@ from ablatrix.packed import pack_id
 from ablatrix.evaluation import evaluate
 from ablatrix.train import train_unit
 from ablatrix.store import ResultStore
-from conftest import TINY_GRID, dead_pid, fabricate
+from conftest import OPTIONS, TINY_GRID, dead_pid, fabricate, resume, stop_a_run
 import fakes
 from fakes import instant
 
-OPTIONS = RunOptions(torch.device("cpu"), Path("no-data-needed-for-digits"))
 RAY = replace(OPTIONS, executor="ray")
 
 
@@ -402,15 +401,32 @@ def test_a_nan_loss_and_a_dead_worker_are_failed_records(faulty_grid, tmp_path, 
     assert f"`{exit['run_id']}` base digits seed 0: {died}" in report
 
 
-@pytest.mark.starts_ray
+@pytest.mark.shared_ray
 def test_ray_refuses_a_gpu_share_the_cluster_lacks(write_grid, tmp_path):
-    """--gpus-per-run on a CPU-only Ray stops before any cell is claimed or trained."""
+    """--gpus-per-run on a CPU-only Ray stops before any cell is claimed or trained, and leaves the
+    caller's Ray running."""
     import ray
     grid = load_grid(write_grid())
     with pytest.raises(AblatrixError, match=r"--gpus-per-run 0.5: the largest node of the Ray cluster has 0 GPU"):
         run_grids([grid], tmp_path, replace(RAY, device=torch.device("cuda"), gpus_per_run=0.5))
-    assert not ray.is_initialized()
+    assert ray.is_initialized()
     assert not list(tmp_path.rglob("*.lock")) and not list(tmp_path.rglob("*.json"))
+
+
+@pytest.mark.slow
+@pytest.mark.starts_ray
+def test_ctrl_c_to_a_ray_run_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_path):
+    """Ctrl-C to a real `ablatrix run --executor ray` (its process group, Ray's workers included) exits
+    130 with a message; every saved record is complete, no claim is left, and the next run trains
+    only the rest (tests/test_cli.py stops the local executor's runs the same way)."""
+    grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 20"))
+    code, err = stop_a_run(grid, tmp_path / "res", ["--executor", "ray"], "int")
+    assert code == 130 and "interrupted; every finished run is saved" in err, err
+    runs_dir = tmp_path / "res" / "tiny" / "runs"
+    saved = {p.stem: json.loads(p.read_text()) for p in runs_dir.glob("*.json")}
+    assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved.values())
+    assert not list(runs_dir.glob(".*")) and not list(runs_dir.glob("*.lock"))
+    assert resume(grid, tmp_path / "res") == (4 - len(saved), len(saved))
 
 
 def test_ray_executor_without_ray_says_how_to_install_it(write_grid, tmp_path, monkeypatch):
@@ -425,10 +441,15 @@ def test_ray_executor_without_ray_says_how_to_install_it(write_grid, tmp_path, m
 RAY_PORT = 6391
 RAY_BIN = str(Path(sys.executable).with_name("ray"))
 NODE_IDS = """
-import json, ray
+import json, time, ray
 ray.init(address="127.0.0.1:%d", logging_level="ERROR")
-print(json.dumps({key: [n["NodeID"] for n in ray.nodes() if n["Alive"] and key in n["Resources"]]
-                  for key in ("head", "node2")}))
+deadline = time.monotonic() + 90
+while True:  # until the second node has joined
+    ids = {key: [n["NodeID"] for n in ray.nodes() if n["Alive"] and key in n["Resources"]] for key in ("head", "node2")}
+    if all(ids.values()) or time.monotonic() > deadline:
+        break
+    time.sleep(0.25)
+print(json.dumps(ids))
 """ % RAY_PORT
 
 
@@ -499,17 +520,17 @@ def ray_cluster():
                        '--resources={"head": 1}')]
     try:
         deadline = time.monotonic() + 90
-        while subprocess.run([RAY_BIN, "status", f"--address={address}"], env=env, capture_output=True).returncode:
-            assert time.monotonic() < deadline, "the Ray head did not start"
-            time.sleep(0.25)
-        nodes.append(ray_start(env, f"--address={address}", '--resources={"node2": 1}'))
-        while True:
-            ids = json.loads(subprocess.run([sys.executable, "-c", NODE_IDS], env=env, capture_output=True,
-                                            text=True, check=True).stdout.splitlines()[-1])
-            if all(ids.values()):
+        while True:  # a socket, not `ray status`: each of those is a process that imports Ray
+            try:
+                socket.create_connection(("127.0.0.1", RAY_PORT), timeout=1).close()
                 break
-            assert time.monotonic() < deadline, "the second Ray node did not join"
-            time.sleep(0.25)
+            except OSError:
+                assert time.monotonic() < deadline, "the Ray head did not start"
+                time.sleep(0.25)
+        nodes.append(ray_start(env, f"--address={address}", '--resources={"node2": 1}'))
+        ids = json.loads(subprocess.run([sys.executable, "-c", NODE_IDS], env=env, capture_output=True,
+                                        text=True, check=True).stdout.splitlines()[-1])
+        assert all(ids.values()), f"the second Ray node did not join: {ids}"
         yield Cluster(address, env, nodes, {key: found[0] for key, found in ids.items()})
     finally:
         for process in reversed(nodes):
