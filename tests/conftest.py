@@ -1,8 +1,10 @@
-"""Shared helpers: tiny grid files written into a temporary folder, the pid of a dead process."""
+"""Shared helpers: tiny grid files written into a temporary folder, fabricated records, the pid of a
+dead process, and a real `ablatrix run` stopped as a terminal or `docker stop` stops it."""
 from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import signal
 import subprocess
@@ -180,6 +182,15 @@ def stop_a_run(grid: Path, results: Path, extra: list[str], stop: str) -> tuple[
         proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     return proc.returncode, err
+
+
+def finished_runs(runs: Path) -> int:
+    """How many records a stopped run left in `runs`: at least one, not all four of TINY_GRID's, each
+    complete and done, and no temporary file or claim beside them."""
+    saved = [json.loads(p.read_text()) for p in runs.glob("*.json")]
+    assert 1 <= len(saved) < 4 and all(r["status"] == "done" for r in saved)
+    assert not list(runs.glob(".*")) and not list(runs.glob("*.lock"))
+    return len(saved)
 
 
 def resume(grid: Path, results: Path) -> tuple[int, int]:
