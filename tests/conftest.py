@@ -162,17 +162,23 @@ def dead_pid() -> int:
     return proc.pid
 
 
-def stop_a_run(grid: Path, results: Path, extra: list[str], stop: str) -> tuple[int, str]:
-    """Starts `ablatrix run` as a terminal does, and once its first record is saved stops it with
-    Ctrl-C (SIGINT to its process group, workers included) or, for `stop="term"`, with SIGTERM to the
-    runner alone (as `docker stop` does): its exit status and stderr."""
-    runs = results / load_grid(grid).name / "runs"
-    proc = subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results), *extra],
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+def start_run(grid: Path, results: Path, *extra: str) -> subprocess.Popen:
+    """`ablatrix run GRID --results RESULTS ...` as a terminal starts it, its output piped."""
+    return subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"},
                             start_new_session=True,  # its own process group, as a terminal gives it
                             # and Ctrl-C's default action, as a terminal gives it: pytest started in the
                             # background of a script (`... &`) passes SIGINT on ignored, and the run would finish
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def stop_a_run(grid: Path, results: Path, extra: list[str], stop: str) -> tuple[int, str]:
+    """Starts `ablatrix run`, and once its first record is saved stops it with Ctrl-C (SIGINT to its
+    process group, workers included) or, for `stop="term"`, with SIGTERM to the runner alone (as
+    `docker stop` does): its exit status and stderr."""
+    runs = results / load_grid(grid).name / "runs"
+    proc = start_run(grid, results, *extra)
     deadline = time.monotonic() + 120
     while not list(runs.glob("*.json")) and time.monotonic() < deadline:
         time.sleep(0.05)

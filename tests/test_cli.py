@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import time
 
 import pandas as pd
@@ -24,7 +23,7 @@ from ablatrix.executors import run_grids
 from ablatrix.spec import load_grid
 from ablatrix.store import ResultStore
 
-from conftest import OPTIONS, TINY_GRID, fabricate, finished_runs, resume, stop_a_run
+from conftest import OPTIONS, TINY_GRID, fabricate, finished_runs, resume, start_run, stop_a_run
 
 
 def test_list_run_report_end_to_end(write_grid, tmp_path, capsys):
@@ -122,16 +121,11 @@ def test_ctrl_c_keeps_finished_runs_and_the_next_run_resumes(write_grid, tmp_pat
     assert resume(grid, tmp_path / "res") == (4 - saved, saved)
 
 
-def runner(grid, results, *extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "ablatrix.cli", "run", str(grid), "--results", str(results), *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
-
-
 @pytest.mark.slow
 def test_two_concurrent_runners_train_every_cell_once(write_grid, tmp_path):
     """Two `ablatrix run` processes on one grid split the cells: each trained exactly once."""
     grid = write_grid(TINY_GRID.replace("seeds = [0, 1]", "seeds = [0, 1, 2]").replace("epochs = 2", "epochs = 6"))
-    procs = [runner(grid, tmp_path / "res") for _ in range(2)]
+    procs = [start_run(grid, tmp_path / "res") for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0]
     trained = [int(re.search(r"trained (\d+)", out).group(1)) for out in outs]
@@ -146,7 +140,7 @@ def test_sigkill_leaves_no_partial_record_and_the_next_run_resumes(write_grid, t
     """SIGKILL mid-grid: every stored record parses; its dead claim is taken over; all cells finish once."""
     grid = write_grid(TINY_GRID.replace("epochs = 2", "epochs = 20"))
     runs = tmp_path / "res" / "tiny" / "runs"
-    proc = runner(grid, tmp_path / "res")
+    proc = start_run(grid, tmp_path / "res")
     deadline = time.monotonic() + 120
     # After the first record, and while the next cell's claim is held (between a record and the
     # next claim no claim exists for a moment, and a kill then would leave none to take over).
@@ -234,7 +228,7 @@ def test_sigkill_within_a_cell_several_times_resumes_to_its_uninterrupted_twin(w
             time.sleep(0.002)
         return when
     for kill in range(2):
-        proc = runner(grid, tmp_path / "res", *[arg for s in sets for arg in ("--set", s)], "--checkpoint-seconds", "0")
+        proc = start_run(grid, tmp_path / "res", *[arg for s in sets for arg in ("--set", s)], "--checkpoint-seconds", "0")
         # A moment drawn within this run's third epoch, whose length its first two tell (an epoch
         # measured in another run, or seconds, let a machine whose load had just dropped, or a fast
         # one, train every epoch before the last kill): sometimes mid-epoch, sometimes mid-write.
